@@ -1,0 +1,243 @@
+"""Typed, nested recipe: dataclasses loaded from YAML, validated, with dotted CLI overrides.
+
+Every error names the offending key by its full dotted path and, for unknown keys, lists the
+valid ones, so a typo in a recipe is a one-line fix rather than a traceback.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from omnilm.errors import ConfigError
+
+
+@dataclass
+class ProjectorConfig:
+    type: str = "resblock"  # registry name: resblock | mlp2x_gelu | linear | mlp
+    hidden_size: Optional[int] = None  # inner width for mlp types; default = LLM width
+
+
+@dataclass
+class EncoderConfig:
+    type: str = "clip"  # registry name, see omnilm.model.encoders.ENCODERS
+    name_or_path: Optional[str] = None  # hub id or folder of pretrained weights
+    random_config: Optional[dict] = None  # build a randomly initialised encoder from this config
+    layer: int = -1  # which hidden state to take (-1 = last, -2 = LLaVA's choice)
+    drop_cls: bool = True  # drop the CLS token (CLIP); ignored by encoders without one
+    image_size: Optional[int] = None  # override the processor's input size
+    stack_frames: int = 8  # audio: consecutive encoder frames stacked into one token
+    max_seconds: float = 120.0  # audio: longer inputs are rejected
+    end_token_id: Optional[int] = None  # token appended after each item's features (seed: 23893)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+
+
+@dataclass
+class LoraConfig:
+    r: int = 64
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"])
+
+
+@dataclass
+class LLMConfig:
+    name_or_path: str = "microsoft/phi-2"
+    random_config: Optional[dict] = None  # build a random LLM from this config (tests, benchmarks)
+    tokenizer: Optional[str] = None  # default: name_or_path; "bytes" = built-in byte tokenizer
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    quantization: str = "none"  # none | nf4 (QLoRA base)
+    lora: Optional[LoraConfig] = None
+    gguf_file: Optional[str] = None
+
+
+@dataclass
+class ModelConfig:
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    image: Optional[EncoderConfig] = None
+    audio: Optional[EncoderConfig] = None
+    init_from: Optional[str] = None  # a run or export folder whose trained weights seed this model
+    seed: int = 0  # seed for random_config components
+
+
+@dataclass
+class DataConfig:
+    source: str = "coco"  # registry name, see omnilm.data.sources.SOURCES
+    path: Optional[str] = None  # annotation / conversation / manifest file
+    image_dir: Optional[str] = None
+    audio_dir: Optional[str] = None
+    template: str = "caption"  # prompt template, see omnilm.data.chat.TEMPLATES
+    prompt: str = ""  # extra user text for single-turn templates (e.g. "Describe the image.")
+    system: Optional[str] = None
+    max_length: int = 512
+    limit: Optional[int] = None  # use only the first N samples
+    skip_bad: bool = False  # skip (and count) unreadable samples instead of stopping
+    feature_cache: Optional[str] = None  # folder written by `omnilm cache-features`
+    num_workers: int = 0
+    options: dict = field(default_factory=dict)  # source-specific options
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "align"  # align | instruct | audio-align | joint | see omnilm.train.stages
+    output_dir: str = "runs/omnilm"
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    lr_scale: dict = field(default_factory=dict)  # component -> lr multiplier, e.g. {lora: 0.5}
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_steps: int = 1000
+    epochs: Optional[int] = None  # if set, max_steps = epochs * steps per epoch
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"  # auto (bf16 on GPU, no on CPU) | no | bf16 | fp16
+    seed: int = 0
+    log_every: int = 10
+    save_every: int = 500
+    keep_checkpoints: int = 2
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class Recipe:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def from_dict(cls, data: Any, path: str = ""):
+    """Build dataclass `cls` from a plain dict, checking keys and types recursively."""
+    where = path or "recipe"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__} {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {_join(path, unknown[0])!r}; valid keys under {where}: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {name: _coerce(hints[name], value, _join(path, name)) for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _coerce(hint, value, path: str):
+    optional = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{path}: must not be empty")
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, path)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML reads "1e-4" as a string
+        except ValueError:
+            pass
+    expected = {int: int, float: float, str: str, bool: bool, list: list, dict: dict}.get(hint, hint)
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
+        raise ConfigError(f"{path}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`["train.lr=1e-4", "--data.limit=10"]` -> nested dict; values parsed as YAML scalars."""
+    nested: dict = {}
+    for item in overrides:
+        key, sep, raw = item.lstrip("-").partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with an earlier override")
+        node[leaf] = yaml.safe_load(raw) if raw != "" else None
+    return nested
+
+
+def merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Recipe:
+    """Read a YAML recipe (or start from defaults) and apply overrides, then validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if overrides:
+        data = merge(data, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    recipe = from_dict(Recipe, data)
+    validate(recipe)
+    return recipe
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+
+
+CHOICES = {
+    "model.llm.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.llm.quantization": ("none", "nf4"),
+    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+}
+
+
+def validate(recipe: Recipe) -> None:
+    """Value checks that types alone cannot express."""
+    for dotted, allowed in CHOICES.items():
+        value = _get(recipe, dotted)
+        if value not in allowed:
+            raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
+    for dotted in ("train.batch_size", "train.grad_accum", "train.max_steps", "data.max_length"):
+        if _get(recipe, dotted) < 1:
+            raise ConfigError(f"{dotted}: must be at least 1, got {_get(recipe, dotted)}")
+    if recipe.train.lr <= 0:
+        raise ConfigError(f"train.lr: must be positive, got {recipe.train.lr}")
+    if recipe.model.llm.quantization == "nf4" and recipe.model.llm.lora is None:
+        raise ConfigError("model.llm.quantization=nf4 needs model.llm.lora (a 4-bit base cannot train)")
+    for name in ("image", "audio"):
+        enc = getattr(recipe.model, name)
+        if enc is not None and enc.name_or_path is None and enc.random_config is None and enc.type in _NEEDS_SOURCE:
+            raise ConfigError(f"model.{name}: set name_or_path (pretrained) or random_config (random init)")
+        if enc is not None and enc.stack_frames < 1:
+            raise ConfigError(f"model.{name}.stack_frames: must be at least 1")
+
+
+_NEEDS_SOURCE = ("clip", "whisper")
+
+
+def _get(obj, dotted: str):
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj

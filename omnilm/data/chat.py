@@ -1,0 +1,135 @@
+"""Prompt templates and token-exact rendering.
+
+A conversation is rendered as a list of segments (text, learned?). Each segment is tokenized on
+its own and its labels are written at the same moment as its ids, so the loss mask can never
+drift from the tokens (no re-tokenizing of a rendered string). Media markers inside a segment
+become placeholder ids, one per feature vector, plus an optional end-of-media token.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from omnilm.data.sample import MEDIA_TOKENS, PLACEHOLDER_IDS, Message
+from omnilm.errors import ConfigError, DataError
+
+IGNORE = -100
+MARKER = re.compile("(" + "|".join(re.escape(t) for t in MEDIA_TOKENS.values()) + ")")
+MODALITY_OF = {token: modality for modality, token in MEDIA_TOKENS.items()}
+
+
+@dataclass
+class Segment:
+    text: str
+    learn: bool
+
+
+@dataclass
+class PlainTemplate:
+    """Fixed strings around each turn; works with any tokenizer, chat template or not."""
+
+    user_prefix: str = ""
+    user_suffix: str = ""
+    assistant_prefix: str = ""
+    turn_sep: str = "\n"
+    system_suffix: str = "\n"
+
+    def segments(self, messages: list[Message], tokenizer, generation_prompt: bool) -> list[Segment]:
+        out: list[Segment] = []
+        for i, msg in enumerate(messages):
+            if msg.role == "system":
+                out.append(Segment(msg.content + self.system_suffix, False))
+            elif msg.role == "user":
+                out.append(Segment(self.user_prefix + msg.content + self.user_suffix, False))
+            elif msg.role == "assistant":
+                # Prefix and content are one segment: " yes" and " " + "yes" tokenize differently.
+                out.append(Segment(self.assistant_prefix + msg.content + tokenizer.eos_token, True))
+                if i + 1 < len(messages):
+                    out.append(Segment(self.turn_sep, False))
+            else:
+                raise DataError(f"unknown message role {msg.role!r} (use system, user or assistant)")
+        return out
+
+
+class ChatTemplate:
+    """The tokenizer's own chat template, split into per-message segments by rendering prefixes."""
+
+    def segments(self, messages: list[Message], tokenizer, generation_prompt: bool) -> list[Segment]:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError("template 'chat' needs a tokenizer with a chat template; use 'phi' or 'plain'")
+        dicts = [{"role": m.role, "content": m.content} for m in messages]
+        out, done = [], ""
+        for k, msg in enumerate(messages):
+            before_assistant = msg.role == "assistant"
+            if before_assistant:  # the assistant header is prompt, not something to learn
+                head = tokenizer.apply_chat_template(dicts[:k], tokenize=False, add_generation_prompt=True)
+                out.append(Segment(_suffix(done, head), False))
+                done = head
+            text = tokenizer.apply_chat_template(dicts[: k + 1], tokenize=False)
+            out.append(Segment(_suffix(done, text), before_assistant))
+            done = text
+        if generation_prompt:
+            text = tokenizer.apply_chat_template(dicts, tokenize=False, add_generation_prompt=True)
+            out.append(Segment(_suffix(done, text), False))
+        return [s for s in out if s.text]
+
+
+def _suffix(prefix: str, text: str) -> str:
+    if not text.startswith(prefix):
+        raise ConfigError("the tokenizer's chat template does not render conversations prefix-by-prefix")
+    return text[len(prefix):]
+
+
+TEMPLATES = {
+    "caption": PlainTemplate(turn_sep=""),  # seed stage 1: <image><eoi> caption <eos>
+    "plain": PlainTemplate(assistant_prefix=" "),
+    "phi": PlainTemplate(user_prefix="Instruct: ", user_suffix="\nOutput:", assistant_prefix=" "),
+    "chat": ChatTemplate(),
+}
+
+
+def get_template(name: str):
+    if name not in TEMPLATES:
+        raise ConfigError(f"unknown template {name!r}; choose one of {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def render(
+    messages: list[Message],
+    tokenizer,
+    template,
+    media_tokens: dict[str, list[int]],
+    end_token_ids: dict[str, int | None] | None = None,
+    generation_prompt: bool = False,
+    add_bos: bool = False,
+) -> tuple[list[int], list[int]]:
+    """-> (input_ids, labels). media_tokens[modality][i] = feature count of that modality's i-th item."""
+    end_token_ids = end_token_ids or {}
+    ids: list[int] = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
+    labels: list[int] = [IGNORE] * len(ids)
+    used = {m: 0 for m in MEDIA_TOKENS}
+    for segment in template.segments(messages, tokenizer, generation_prompt):
+        for piece in MARKER.split(segment.text):
+            if not piece:
+                continue
+            if piece in MODALITY_OF:
+                modality = MODALITY_OF[piece]
+                counts = media_tokens.get(modality, [])
+                if used[modality] >= len(counts):
+                    raise DataError(f"more {piece} markers in the text than {modality} inputs ({len(counts)})")
+                piece_ids = [PLACEHOLDER_IDS[modality]] * counts[used[modality]]
+                if end_token_ids.get(modality) is not None:
+                    piece_ids.append(end_token_ids[modality])
+                used[modality] += 1
+                ids += piece_ids
+                labels += [IGNORE] * len(piece_ids)  # media is never a target
+            else:
+                piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                ids += piece_ids
+                labels += piece_ids if segment.learn else [IGNORE] * len(piece_ids)
+    for modality, counts in media_tokens.items():
+        if used[modality] != len(counts):
+            raise DataError(
+                f"{len(counts)} {modality} inputs but {used[modality]} {MEDIA_TOKENS[modality]} markers in the text"
+            )
+    return ids, labels

@@ -1,0 +1,152 @@
+"""easy-VQA: synthetic 64x64 shape images with simple questions, shipped on PyPI.
+
+The `easy-vqa==1.0` wheel (MIT, Victor Zhou) holds 4,000 train / 1,000 test PNGs, 38,575 /
+9,673 questions and 13 answers, so it is a real VQA task that needs no network. We read its
+files directly rather than through its helper functions so that a bad row can be reported by
+file and index.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.errors import DataError, MissingDependency
+
+INSTALL = "pip install --no-deps easy-vqa==1.0"
+SPLITS = ("train", "test")
+
+# The three question kinds, told apart by their answer; together they cover answers.txt.
+YES_NO_ANSWERS = frozenset({"yes", "no"})
+COLOR_ANSWERS = frozenset({"red", "green", "blue", "black", "gray", "teal", "brown", "yellow"})
+SHAPE_ANSWERS = frozenset({"circle", "rectangle", "triangle"})
+QUESTION_TYPES = {"yes/no": YES_NO_ANSWERS, "color": COLOR_ANSWERS, "shape": SHAPE_ANSWERS}
+
+TEXT_TEMPLATE = IMAGE_TOKEN + "\nQuestion: {question}\nAnswer:"
+# With a spoken question the audio takes the question's place; no transcript is given.
+SPOKEN_TEMPLATE = IMAGE_TOKEN + "\nQuestion: " + AUDIO_TOKEN + "\nAnswer:"
+
+
+@dataclass(frozen=True)
+class EasyVQAItem:
+    id: str  # "<split>-<question index>", stable across runs
+    image: Path
+    question: str
+    answer: str
+    qtype: str  # "yes/no" | "color" | "shape"
+    image_id: int
+
+
+def question_type(answer: str) -> str:
+    for qtype, answers in QUESTION_TYPES.items():
+        if answer in answers:
+            return qtype
+    raise DataError(f"easy-VQA answer {answer!r} is not a yes/no, colour or shape answer")
+
+
+def data_dir() -> Path:
+    """The data folder inside the installed easy_vqa package."""
+    # find_spec instead of import: we only need the files, and the error can say how to install.
+    spec = importlib.util.find_spec("easy_vqa")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency(f"easy-VQA data is not installed: {INSTALL}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data"
+    if not path.is_dir():
+        raise MissingDependency(f"easy_vqa is installed but {path} is missing: {INSTALL}")
+    return path
+
+
+def answers() -> list[str]:
+    """The 13 answers, in the package's order."""
+    path = data_dir() / "answers.txt"
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_easyvqa(split: str) -> list[EasyVQAItem]:
+    """All questions of one split, in file order."""
+    if split not in SPLITS:
+        raise ValueError(f"easy-VQA split must be one of {SPLITS}, got {split!r}")
+    root = data_dir() / split
+    questions_file = root / "questions.json"
+    try:
+        rows = json.loads(questions_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(f"cannot read {questions_file}: {e}") from e
+    images = {p.name for p in (root / "images").glob("*.png")}
+    items = []
+    for i, row in enumerate(rows):
+        # Each row is [question, answer, image_id].
+        if not (isinstance(row, list) and len(row) == 3 and isinstance(row[2], int)):
+            raise DataError(
+                f"{questions_file} row {i}: expected [question, answer, image_id], got {row!r}"
+            )
+        question, answer, image_id = row
+        if f"{image_id}.png" not in images:
+            missing = root / "images" / f"{image_id}.png"
+            raise DataError(f"{questions_file} row {i}: image {missing} is missing")
+        try:
+            qtype = question_type(answer)
+        except DataError as e:
+            raise DataError(f"{questions_file} row {i}: {e}") from e
+        items.append(
+            EasyVQAItem(
+                id=f"{split}-{i}",
+                image=root / "images" / f"{image_id}.png",
+                question=question,
+                answer=answer,
+                qtype=qtype,
+                image_id=image_id,
+            )
+        )
+    return items
+
+
+def to_sample(
+    item: EasyVQAItem, *, spoken_audio: str | Path | None = None, template: str | None = None
+) -> Sample:
+    """One user turn (image + typed or spoken question) and one assistant turn (the answer).
+
+    The answer is the bare word; a tokenizer that needs a leading space (" yes") gets it from
+    the chat renderer, not from the data.
+    """
+    spoken = spoken_audio is not None
+    if template is None:
+        template = SPOKEN_TEMPLATE if spoken else TEXT_TEMPLATE
+    _check_template(template, spoken)
+    user = template.replace("{question}", item.question)
+    return Sample(
+        messages=[Message("user", user), Message("assistant", item.answer)],
+        images=[item.image],
+        audios=[Path(spoken_audio)] if spoken else [],
+        id=item.id,
+        meta={"qtype": item.qtype, "question": item.question, "answer": item.answer},
+    )
+
+
+def _check_template(template: str, spoken: bool) -> None:
+    if template.count(IMAGE_TOKEN) != 1:
+        raise ValueError(f"easy-VQA template needs exactly one {IMAGE_TOKEN}: {template!r}")
+    n_audio = template.count(AUDIO_TOKEN)
+    if spoken and n_audio != 1:
+        raise ValueError(
+            f"a spoken-question template needs exactly one {AUDIO_TOKEN}: {template!r}"
+        )
+    if not spoken and "{question}" not in template:
+        raise ValueError(f"a typed-question template needs {{question}}: {template!r}")
+    if not spoken and n_audio:
+        raise ValueError(f"template has {AUDIO_TOKEN} but no spoken_audio was given: {template!r}")
+
+
+def majority_answer_accuracy(
+    fit_split: str = "train", eval_split: str = "test"
+) -> tuple[str, float]:
+    """The most common answer of fit_split and its accuracy on eval_split: the floor any model
+    must beat ("yes", 37.3 % on test)."""
+    from omnilm.eval.metrics import vqa_accuracy
+
+    majority, _ = Counter(it.answer for it in load_easyvqa(fit_split)).most_common(1)[0]
+    refs = [it.answer for it in load_easyvqa(eval_split)]
+    return majority, vqa_accuracy([majority] * len(refs), refs)

@@ -1,0 +1,103 @@
+"""Precomputed features of a frozen encoder, so training skips running it every step.
+
+Layout of a cache folder: features.npy ([N, T, D] float16, memory-mapped), index.json
+(item key -> row), meta.json (which encoder made them; a mismatch is refused, not ignored).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from omnilm.errors import DataError, OmniError
+
+
+class FeatureCache:
+    def __init__(self, folder: Path, features: np.ndarray, index: dict[str, int], meta: dict):
+        self.folder, self.features, self.index, self.meta = folder, features, index, meta
+
+    @classmethod
+    def open(cls, folder, expected_meta: dict | None = None) -> "FeatureCache":
+        folder = Path(folder)
+        if not (folder / "meta.json").is_file():
+            raise OmniError(f"{folder} is not a feature cache; create it with `omnilm cache-features`")
+        meta = json.loads((folder / "meta.json").read_text())
+        if expected_meta is not None and meta.get("encoder") != expected_meta:
+            raise OmniError(
+                f"feature cache {folder} was made by encoder {meta.get('encoder')}, but the recipe's encoder is "
+                f"{expected_meta}; rebuild it with `omnilm cache-features`"
+            )
+        index = json.loads((folder / "index.json").read_text())
+        return cls(folder, np.load(folder / "features.npy", mmap_mode="r"), index, meta)
+
+    def get(self, key: str) -> torch.Tensor:
+        row = self.index.get(str(key))
+        if row is None:
+            raise DataError(f"{key} is not in the feature cache {self.folder}; rebuild it with `omnilm cache-features`")
+        return torch.from_numpy(np.array(self.features[row]))  # [T, D] float16
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@torch.no_grad()
+def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, read, batch_size: int = 32,
+                        skip_bad: bool = False, progress: bool = True) -> FeatureCache:
+    """Encode each distinct item once; written to a temporary folder and renamed when complete."""
+    folder = Path(folder)
+    keys = list(dict.fromkeys(str(i) for i in items))
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    device = next(encoder.parameters()).device
+    probe = encoder([encoder.preprocess(read(keys[0])).to(device)])[0]  # [T, D]
+    out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
+                                    shape=(len(keys), *probe.shape))
+    index: dict[str, int] = {}
+    skipped = 0
+    bar = tqdm(total=len(keys), desc="caching features", unit="img", disable=not progress)
+    for start in range(0, len(keys), batch_size):
+        inputs, names = [], []
+        for key in keys[start:start + batch_size]:
+            try:
+                inputs.append(encoder.preprocess(read(key)).to(device))
+                names.append(key)
+            except DataError:
+                if not skip_bad:
+                    raise
+                skipped += 1
+        if inputs:
+            for key, feat in zip(names, encoder(inputs)):
+                index[key] = len(index)
+                out[index[key]] = feat.float().cpu().numpy()
+        bar.update(len(keys[start:start + batch_size]))
+    bar.close()
+    out.flush()
+    del out
+    if len(index) < len(keys):  # keep the file dense: rows beyond the last kept one are unused
+        _truncate(tmp / "features.npy", len(index))
+    (tmp / "index.json").write_text(json.dumps(index))
+    (tmp / "meta.json").write_text(json.dumps({"encoder": encoder_meta, "count": len(index), "skipped": skipped,
+                                               "shape": list(probe.shape)}, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return FeatureCache.open(folder)
+
+
+def _truncate(path: Path, rows: int) -> None:
+    data = np.load(path, mmap_mode="r")
+    kept = np.array(data[:rows])
+    del data
+    np.save(path, kept)
+
+
+def encoder_identity(enc_cfg) -> dict:
+    """What decides the features: a cache made by anything else is stale."""
+    return {"type": enc_cfg.type, "name_or_path": enc_cfg.name_or_path, "random_config": enc_cfg.random_config,
+            "layer": enc_cfg.layer, "drop_cls": enc_cfg.drop_cls, "image_size": enc_cfg.image_size}

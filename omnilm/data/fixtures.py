@@ -1,0 +1,79 @@
+"""Small data sets in the exact public formats (COCO captions, LLaVA-Instruct, ASR manifest),
+generated on the spot: shapes of known colour, so a tiny model has something real to learn."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (235, 210, 40)}
+SHAPES = ("square", "circle", "triangle")
+
+
+def draw_shape(color: str, shape: str, size: int = 64, seed: int = 0) -> Image.Image:
+    rng = random.Random(seed)
+    img = Image.new("RGB", (size, size), (245, 245, 245))
+    draw = ImageDraw.Draw(img)
+    r = rng.randint(size // 5, size // 3)
+    cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "square":
+        draw.rectangle(box, fill=COLORS[color])
+    elif shape == "circle":
+        draw.ellipse(box, fill=COLORS[color])
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=COLORS[color])
+    return img
+
+
+def _images(folder: Path, count: int, seed: int) -> list[tuple[str, str, str]]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        name = f"{i:012d}.jpg"
+        draw_shape(color, shape, seed=seed * 1000 + i).save(folder / name, quality=95)
+        out.append((name, color, shape))
+    return out
+
+
+def make_coco(root, count: int = 48, seed: int = 0) -> Path:
+    """root/train2017/*.jpg + root/annotations/captions_train2017.json; returns the JSON path."""
+    root = Path(root)
+    images = _images(root / "train2017", count, seed)
+    anns, entries = [], []
+    for i, (name, color, shape) in enumerate(images):
+        entries.append({"id": i + 1, "file_name": name, "width": 64, "height": 64})
+        for j, text in enumerate((f"a {color} {shape}.", f"a picture of a {color} {shape}.")):
+            anns.append({"id": 2 * i + j + 1, "image_id": i + 1, "caption": text})
+    path = root / "annotations" / "captions_train2017.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"info": {"description": "omnilm fixture"}, "images": entries, "annotations": anns}))
+    return path
+
+
+def make_llava(root, count: int = 48, seed: int = 1) -> Path:
+    """root/images/*.jpg + root/llava_instruct.json (multi-turn, LLaVA-Instruct-150K format)."""
+    root = Path(root)
+    images = _images(root / "images", count, seed)
+    rows = []
+    for i, (name, color, shape) in enumerate(images):
+        rows.append({"id": f"{i:06d}", "image": name, "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour is the shape?"},
+            {"from": "gpt", "value": f"It is {color}."},
+            {"from": "human", "value": "And what shape is it?"},
+            {"from": "gpt", "value": f"It is a {shape}."},
+        ]})
+    rows.append({"id": "text-only", "conversations": [
+        {"from": "human", "value": "Say hello."}, {"from": "gpt", "value": "Hello."}]})
+    path = root / "llava_instruct.json"
+    path.write_text(json.dumps(rows, indent=1))
+    return path
+
+
+def make_all(root) -> dict[str, Path]:
+    root = Path(root)
+    return {"coco": make_coco(root / "coco"), "llava": make_llava(root / "llava")}

@@ -1,0 +1,216 @@
+"""Data sources: files in public formats -> Samples. Malformed rows raise DataError naming file
+and row, or are skipped and counted when `data.skip_bad` is set."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omnilm.config import DataConfig
+from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.errors import ConfigError, DataError
+
+
+@dataclass
+class Loaded:
+    samples: list[Sample] = field(default_factory=list)
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)  # first few skip reasons, for the log
+
+
+class RowCollector:
+    """Turns each row into a Sample; a bad row stops the run or is skipped and counted."""
+
+    def __init__(self, cfg: DataConfig):
+        self.cfg, self.out = cfg, Loaded()
+
+    def add(self, where: str, make):
+        if self.cfg.limit is not None and len(self.out.samples) >= self.cfg.limit:
+            return
+        try:
+            self.out.samples.append(make())
+        except (KeyError, TypeError, ValueError, AttributeError, DataError) as err:
+            message = f"{where}: {err if isinstance(err, DataError) else _describe(err)}"
+            if not self.cfg.skip_bad:
+                raise DataError(message + " (set data.skip_bad=true to skip such rows)") from None
+            self.out.skipped += 1
+            if len(self.out.errors) < 5:
+                self.out.errors.append(message)
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, KeyError):
+        return f"missing field {err.args[0]!r}"
+    return f"malformed row ({type(err).__name__}: {err})"
+
+
+def _require_file(cfg_value: str | None, key: str) -> Path:
+    if not cfg_value:
+        raise ConfigError(f"{key} must be set for this data source")
+    path = Path(cfg_value)
+    if not path.is_file():
+        raise DataError(f"{key}: file not found: {path}")
+    return path
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+
+
+def _iter_jsonl(path: Path):
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as err:
+                yield number, DataError(f"not valid JSON ({err})")
+
+
+def _resolve(base: Path, value) -> str:
+    if not isinstance(value, str) or not value:
+        raise DataError(f"media path must be a non-empty string, got {value!r}")
+    path = Path(value)
+    return str(path if path.is_absolute() else base / path)
+
+
+def coco_captions(cfg: DataConfig) -> Loaded:
+    """COCO captions JSON (`annotations/captions_train2017.json`) + image folder (`train2017/`)."""
+    path = _require_file(cfg.path, "data.path")
+    data = _read_json(path)
+    if not isinstance(data, dict) or "annotations" not in data or "images" not in data:
+        raise DataError(f"{path}: not a COCO captions file (needs 'images' and 'annotations')")
+    image_dir = Path(cfg.image_dir or path.parent)
+    files = {img["id"]: img["file_name"] for img in data["images"] if isinstance(img, dict) and "id" in img}
+    rows = RowCollector(cfg)
+    for i, ann in enumerate(data["annotations"]):
+        def make(ann=ann, i=i):
+            caption, image_id = ann["caption"], ann["image_id"]
+            if not isinstance(caption, str) or not caption.strip():
+                raise DataError(f"caption must be non-empty text, got {caption!r}")
+            if image_id not in files:
+                raise DataError(f"image_id {image_id!r} is not listed under 'images'")
+            return Sample(
+                messages=[Message("user", IMAGE_TOKEN + cfg.prompt), Message("assistant", caption.strip())],
+                images=[_resolve(image_dir, files[image_id])],
+                id=str(ann.get("id", i)),
+            )
+
+        rows.add(f"{path} annotation #{i}", make)
+    return rows.out
+
+
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def llava_instruct(cfg: DataConfig) -> Loaded:
+    """LLaVA-Instruct JSON: [{"id", "image"?, "conversations": [{"from", "value"}, ...]}]."""
+    path = _require_file(cfg.path, "data.path")
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list of conversations")
+    image_dir = Path(cfg.image_dir or path.parent)
+    rows = RowCollector(cfg)
+    for i, row in enumerate(data):
+        def make(row=row, i=i):
+            messages = [Message(ROLES[turn["from"]], turn["value"]) for turn in row["conversations"]]
+            if not messages or not all(isinstance(m.content, str) for m in messages):
+                raise DataError("conversations must be a non-empty list of text turns")
+            images = [_resolve(image_dir, row["image"])] if row.get("image") else []
+            markers = sum(m.content.count(IMAGE_TOKEN) for m in messages)
+            if images and markers == 0:  # some rows omit the marker: the image goes first
+                first = next(m for m in messages if m.role == "user")
+                first.content = IMAGE_TOKEN + "\n" + first.content
+            return Sample(messages=messages, images=images, id=str(row.get("id", i)))
+
+        rows.add(f"{path} row #{i}", make)
+    return rows.out
+
+
+def jsonl_messages(cfg: DataConfig) -> Loaded:
+    """One JSON object a line with OpenAI-style `messages`; content is text or a list of parts:
+    {"type": "text", "text"}, {"type": "image", "image": path}, {"type": "audio", "audio": path}.
+    Media may also be listed in top-level "images"/"audios" with markers in the text."""
+    path = _require_file(cfg.path, "data.path")
+    image_dir, audio_dir = Path(cfg.image_dir or path.parent), Path(cfg.audio_dir or path.parent)
+    rows = RowCollector(cfg)
+    for number, row in _iter_jsonl(path):
+        def make(row=row, number=number):
+            if isinstance(row, DataError):
+                raise row
+            images = [_resolve(image_dir, p) for p in row.get("images", [])]
+            audios = [_resolve(audio_dir, p) for p in row.get("audios", [])]
+            messages = []
+            for msg in row["messages"]:
+                content = msg["content"]
+                if isinstance(content, list):
+                    content = "".join(_part(p, image_dir, audio_dir, images, audios) for p in content)
+                if not isinstance(content, str):
+                    raise DataError(f"message content must be text or a list of parts, got {content!r}")
+                messages.append(Message(ROLES[msg["role"]], content))
+            return Sample(messages=messages, images=images, audios=audios, id=str(row.get("id", number)))
+
+        rows.add(f"{path} line {number}", make)
+    return rows.out
+
+
+def _part(part: dict, image_dir: Path, audio_dir: Path, images: list, audios: list) -> str:
+    kind = part["type"]
+    if kind == "text":
+        return part["text"]
+    if kind in ("image", "image_url"):
+        images.append(_resolve(image_dir, part["image"] if kind == "image" else part["image_url"]["url"]))
+        return IMAGE_TOKEN
+    if kind == "audio":
+        audios.append(_resolve(audio_dir, part["audio"]))
+        return AUDIO_TOKEN
+    raise DataError(f"unknown content part type {kind!r} (use text, image or audio)")
+
+
+def asr_manifest(cfg: DataConfig) -> Loaded:
+    """ASR manifest JSONL: {"audio": path, "text": transcript} (LibriSpeech/Common Voice style)."""
+    path = _require_file(cfg.path, "data.path")
+    audio_dir = Path(cfg.audio_dir or path.parent)
+    prompt = cfg.prompt or "\nTranscribe:"
+    rows = RowCollector(cfg)
+    for number, row in _iter_jsonl(path):
+        def make(row=row, number=number):
+            if isinstance(row, DataError):
+                raise row
+            text = row["text"]
+            if not isinstance(text, str) or not text.strip():
+                raise DataError(f"text must be a non-empty transcript, got {text!r}")
+            return Sample(
+                messages=[Message("user", AUDIO_TOKEN + prompt), Message("assistant", text.strip())],
+                audios=[_resolve(audio_dir, row["audio"])],
+                id=str(row.get("id", number)),
+            )
+
+        rows.add(f"{path} line {number}", make)
+    return rows.out
+
+
+def _easyvqa(cfg: DataConfig) -> Loaded:
+    from omnilm.data.easyvqa_source import easyvqa_samples
+
+    return easyvqa_samples(cfg)
+
+
+SOURCES = {
+    "coco": coco_captions,
+    "llava": llava_instruct,
+    "jsonl": jsonl_messages,
+    "asr": asr_manifest,
+    "easyvqa": _easyvqa,
+}
+
+
+def load_samples(cfg: DataConfig) -> Loaded:
+    if cfg.source not in SOURCES:
+        raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of {', '.join(SOURCES)}")
+    loaded = SOURCES[cfg.source](cfg)
+    if not loaded.samples:
+        raise DataError(f"data source {cfg.source!r} ({cfg.path}) produced no samples")
+    return loaded

@@ -1,0 +1,194 @@
+"""Build an OmniLM from a recipe: load pretrained parts, quantize, attach LoRA.
+
+Randomly initialised components (tests, benchmarks, tiny recipes) are first *materialized*
+into a folder and then loaded from it like any pretrained model, so quantization, saving and
+reloading follow one path whatever the source.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from omnilm.config import LLMConfig, Recipe, load_recipe
+from omnilm.errors import ConfigError, OmniError
+from omnilm.model.encoders import ENCODER_MODALITY, build_encoder
+from omnilm.model.omni import OmniLM
+from omnilm.model.projector import build_projector
+from omnilm.model.tokenizer import BYTES, load_tokenizer
+
+log = logging.getLogger(__name__)
+RECIPE_FILE = "recipe.yaml"
+LOCAL = "./"  # name_or_path values starting with this are relative to the recipe's folder
+
+
+def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
+    if name == "auto":
+        on_gpu = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+        return torch.bfloat16 if on_gpu else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def resolve_path(value: str | None, root: Path | None) -> str | None:
+    if value and root is not None and value.startswith(LOCAL):
+        return str(root / value[len(LOCAL):])
+    return value
+
+
+def materialize_random(recipe: Recipe, base_dir: Path) -> Recipe:
+    """Write random-config components into `base_dir` once; return a recipe pointing at them."""
+    recipe, base_dir = copy.deepcopy(recipe), Path(base_dir).resolve()
+    llm = recipe.model.llm
+    if llm.random_config is not None:
+        target = base_dir / "llm"
+        if not (target / "config.json").is_file():
+            params = dict(llm.random_config)
+            model_type = params.pop("model_type", None)
+            if model_type is None:
+                raise ConfigError("model.llm.random_config needs a model_type (e.g. phi, llama)")
+            torch.manual_seed(recipe.model.seed)
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **params))
+            model.save_pretrained(target)
+            load_tokenizer(llm.tokenizer or BYTES).save_pretrained(target)
+        llm.name_or_path, llm.random_config, llm.tokenizer = str(target), None, None
+    for modality in ("image", "audio"):
+        enc = getattr(recipe.model, modality)
+        if enc is None or enc.random_config is None:
+            continue
+        target = base_dir / f"{modality}_encoder"
+        if not target.is_dir():
+            build_encoder(enc, recipe.model.seed).save_pretrained(target)
+        enc.name_or_path, enc.random_config = str(target), None
+    return recipe
+
+
+def build_llm(cfg: LLMConfig, root: Path | None, device=None):
+    path = resolve_path(cfg.name_or_path, root)
+    dtype = resolve_dtype(cfg.dtype, device)
+    kwargs: dict = {"dtype": dtype}
+    if cfg.gguf_file:
+        kwargs["gguf_file"] = cfg.gguf_file
+    if cfg.quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+        kwargs["device_map"] = {"": str(device or ("cuda" if torch.cuda.is_available() else "cpu"))}
+    try:
+        llm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise OmniError(f"cannot load LLM {path!r}: {err}") from None
+    if cfg.quantization == "nf4":
+        _avoid_bnb_cpu_repack(llm)
+        from peft import prepare_model_for_kbit_training
+
+        llm = prepare_model_for_kbit_training(llm, use_gradient_checkpointing=False)
+    if cfg.lora is not None:
+        from peft import LoraConfig as PeftLoraConfig
+        from peft import get_peft_model
+
+        lora = cfg.lora
+        llm = get_peft_model(
+            llm,
+            PeftLoraConfig(
+                r=lora.r,
+                lora_alpha=lora.alpha,
+                lora_dropout=lora.dropout,
+                target_modules=list(lora.target_modules),
+                task_type="CAUSAL_LM",
+            ),
+        )
+    return llm
+
+
+def _avoid_bnb_cpu_repack(llm) -> None:
+    """bitsandbytes on AVX512-BF16 CPUs repacks 4-bit weights after an eval forward, which then
+    breaks the next training forward (see docs/architecture.md); turning that path off avoids it."""
+    import bitsandbytes as bnb
+
+    for module in llm.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | None = None, device=None) -> OmniLM:
+    """Everything the recipe names, loaded and assembled, with its processor attached.
+
+    `root` resolves "./" paths of a saved recipe; `base_dir` receives random components
+    (a temporary folder when not given).
+    """
+    if _has_random(recipe):
+        base_dir = Path(base_dir or tempfile.mkdtemp(prefix="omnilm-base-"))
+        recipe = materialize_random(recipe, base_dir)
+    llm = build_llm(recipe.model.llm, root, device)
+    tokenizer = load_tokenizer(
+        resolve_path(recipe.model.llm.tokenizer or recipe.model.llm.name_or_path, root), recipe.model.llm.gguf_file
+    )
+    d_llm = llm.get_input_embeddings().embedding_dim
+    encoders, projectors = {}, {}
+    for modality in ("image", "audio"):
+        enc_cfg = getattr(recipe.model, modality)
+        if enc_cfg is None:
+            continue
+        if ENCODER_MODALITY.get(enc_cfg.type, modality) != modality:
+            raise ConfigError(f"model.{modality}.type {enc_cfg.type!r} is not a {modality} encoder")
+        enc_cfg = copy.deepcopy(enc_cfg)
+        enc_cfg.name_or_path = resolve_path(enc_cfg.name_or_path, root)
+        encoder = build_encoder(enc_cfg, recipe.model.seed)
+        encoder.to(dtype=resolve_dtype(recipe.model.llm.dtype, device)).requires_grad_(False).eval()
+        encoders[modality] = encoder
+        torch.manual_seed(recipe.model.seed)
+        projectors[modality] = build_projector(
+            enc_cfg.projector.type, encoder.hidden_size, d_llm, enc_cfg.projector.hidden_size
+        )
+    model = OmniLM(llm, encoders, projectors)
+    if device is not None:
+        model.to(device)  # 4-bit weights are already placed; .to() leaves them be
+    from omnilm.data.processor import Processor
+
+    model.processor = Processor.from_recipe(recipe, tokenizer, encoders)
+    model.recipe = recipe
+    if recipe.model.init_from:
+        from omnilm.model.checkpoint import load_trained_weights
+
+        load_trained_weights(model, recipe.model.init_from, partial=True)
+    return model
+
+
+def _has_random(recipe: Recipe) -> bool:
+    encs = [e for e in (recipe.model.image, recipe.model.audio) if e is not None]
+    return recipe.model.llm.random_config is not None or any(e.random_config is not None for e in encs)
+
+
+def portable(recipe: Recipe, folder: Path) -> Recipe:
+    """Paths inside `folder` become "./relative", so the folder can be moved or copied."""
+    recipe = copy.deepcopy(recipe)
+    for cfg in (recipe.model.llm, recipe.model.image, recipe.model.audio):
+        for attr in ("name_or_path", "tokenizer"):
+            value = getattr(cfg, attr, None) if cfg is not None else None
+            if value and Path(value).is_absolute() and Path(value).is_relative_to(folder.resolve()):
+                setattr(cfg, attr, LOCAL + str(Path(value).relative_to(folder.resolve())))
+    return recipe
+
+
+def load_pretrained(path, device=None, stage: str | None = None) -> OmniLM:
+    """A training run folder or an export folder -> ready model (eval mode) with processor."""
+    from omnilm.model.checkpoint import load_trained_weights, weights_file
+
+    path = Path(path)
+    if not (path / RECIPE_FILE).is_file():
+        raise OmniError(f"{path} is not an omnilm run or export folder (no {RECIPE_FILE})")
+    recipe = load_recipe(path / RECIPE_FILE)
+    recipe.model.init_from = None  # the folder's own weights already include what it started from
+    model = build_model(recipe, root=path, device=device)
+    if weights_file(path) is not None:
+        load_trained_weights(model, path)
+    return model.eval()

@@ -1,0 +1,77 @@
+"""OmniLM: any causal LM + frozen media encoders + trainable projectors, composed not inherited."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from omnilm.data.sample import PLACEHOLDER_IDS
+from omnilm.errors import PlaceholderMismatch
+
+
+class OmniLM(nn.Module):
+    def __init__(self, llm: nn.Module, encoders: dict[str, nn.Module], projectors: dict[str, nn.Module]):
+        super().__init__()
+        self.llm = llm
+        self.encoders = nn.ModuleDict(encoders)
+        self.projectors = nn.ModuleDict(projectors)
+        self.processor = None  # attached by the builder: tokenizer + template + media preprocessing
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    def media_features(self, modality: str, media: list[torch.Tensor] | None, features: list[torch.Tensor] | None):
+        """Raw inputs through the encoder (or precomputed encoder features) then the projector."""
+        if features is None:
+            encoder = self.encoders[modality]
+            frozen = not any(p.requires_grad for p in encoder.parameters())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                features = encoder(media)  # list of [T_i, d_enc]
+        stacked = torch.cat(list(features), dim=0)  # [sum T_i, d_enc]
+        projector = self.projectors[modality]
+        weight = next(projector.parameters())
+        return projector(stacked.to(device=weight.device, dtype=weight.dtype))  # [sum T_i, d_llm]
+
+    def embed(self, input_ids: torch.Tensor, media: dict | None = None, features: dict | None = None) -> torch.Tensor:
+        """Token embeddings with every placeholder position replaced by a projected media feature."""
+        media, features = media or {}, features or {}
+        table = self.llm.get_input_embeddings()
+        is_placeholder = input_ids < 0
+        embeds = table(input_ids.masked_fill(is_placeholder, 0))  # [B, T, D]
+        for modality, placeholder in PLACEHOLDER_IDS.items():
+            positions = input_ids == placeholder  # [B, T]
+            count = int(positions.sum())
+            items_in, items_feat = media.get(modality), features.get(modality)
+            if count == 0 and not items_in and not items_feat:
+                continue
+            if modality not in self.projectors:
+                raise PlaceholderMismatch(f"the prompt has {modality} input but this model has no {modality} encoder")
+            projected = self.media_features(modality, items_in, items_feat)  # [N, D]
+            if projected.shape[0] != count:
+                raise PlaceholderMismatch(
+                    f"{modality}: {count} placeholder positions in the token ids but "
+                    f"{projected.shape[0]} feature vectors from the encoder"
+                )
+            embeds = embeds.masked_scatter(positions.unsqueeze(-1), projected.to(embeds.dtype))
+        return embeds
+
+    def forward(self, input_ids, attention_mask=None, labels=None, media=None, features=None, **llm_kwargs):
+        embeds = self.embed(input_ids, media, features)  # [B, T, D]
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, media=None, features=None, **generate_kwargs):
+        """KV-cached generation through the LLM's own `generate`; returns only the new token ids."""
+        embeds = self.embed(input_ids, media, features)
+        return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    def save_pretrained(self, path):  # convenience: see omnilm.model.checkpoint
+        from omnilm.model.checkpoint import export_model
+
+        export_model(self, path)
+
+    @classmethod
+    def from_pretrained(cls, path, **kwargs) -> "OmniLM":
+        from omnilm.model.build import load_pretrained
+
+        return load_pretrained(path, **kwargs)

@@ -1,0 +1,28 @@
+"""`omnilm cache-features`: the frozen image encoder run once over a data set."""
+from __future__ import annotations
+
+import torch
+
+from omnilm.config import Recipe
+from omnilm.data.feature_cache import build_feature_cache, encoder_identity
+from omnilm.data.images import load_image
+from omnilm.data.sources import load_samples
+from omnilm.errors import ConfigError
+from omnilm.model.build import resolve_dtype
+from omnilm.model.encoders import build_encoder
+
+
+def cache_features(recipe: Recipe, out: str | None = None, batch_size: int = 32, progress: bool = True):
+    enc_cfg = recipe.model.image
+    if enc_cfg is None:
+        raise ConfigError("cache-features needs model.image in the recipe")
+    folder = out or recipe.data.feature_cache
+    if not folder:
+        raise ConfigError("give --out or set data.feature_cache in the recipe")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Same seed and builder as training, so a random tiny encoder yields the same features.
+    encoder = build_encoder(enc_cfg, recipe.model.seed)
+    encoder.to(device=device, dtype=resolve_dtype(recipe.model.llm.dtype, device)).eval()
+    images = [path for sample in load_samples(recipe.data).samples for path in sample.images]
+    return build_feature_cache(encoder, images, folder, encoder_identity(enc_cfg), load_image,
+                               batch_size=batch_size, skip_bad=recipe.data.skip_bad, progress=progress)

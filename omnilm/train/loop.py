@@ -1,0 +1,232 @@
+"""The one training loop every stage shares, on HF Accelerate (single process, DDP, multi-node).
+
+Each optimizer step sees grad_accum micro-batches per process. Checkpoints hold the trained
+weights, optimizer, scheduler, RNG and the micro-batch counter, so `resume` continues with the
+same data order and reaches the same weights as a run that was never stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from omnilm.config import Recipe, save_recipe
+from omnilm.data.collate import collate
+from omnilm.data.dataset import ResumableBatches, SampleDataset
+from omnilm.data.feature_cache import FeatureCache, encoder_identity
+from omnilm.data.sources import load_samples
+from omnilm.errors import ConfigError
+from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
+from omnilm.model.checkpoint import (WEIGHTS, checkpoint_dirs, load_trained_weights, save_trained_weights)
+from omnilm.train.plot import plot_metrics
+from omnilm.train.stages import apply_stage, component_of
+
+log = logging.getLogger("omnilm.train")
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    micro: int = 0  # micro-batches done per process
+    samples: int = 0  # samples seen, all processes
+    skipped: int = 0  # bad samples skipped (data.skip_bad)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    state: TrainState
+    losses: list = field(default_factory=list)
+
+
+def mixed_precision(name: str) -> str:
+    if name != "auto":
+        return name
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def lr_lambda(step: int, warmup: int, total: int) -> float:
+    """Linear warmup, then cosine decay to zero."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def param_groups(model, cfg) -> list[dict]:
+    groups: dict[str, list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault(component_of(name), []).append(param)
+    unknown = set(cfg.lr_scale) - set(groups)
+    if unknown:
+        raise ConfigError(f"train.lr_scale names {sorted(unknown)}, which do not train in this stage "
+                          f"(training: {', '.join(groups)})")
+    return [{"params": ps, "lr": cfg.lr * cfg.lr_scale.get(comp, 1.0), "name": comp} for comp, ps in groups.items()]
+
+
+def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks=()) -> RunResult:
+    cfg = recipe.train
+    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
+                              gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    run_dir = Path(cfg.output_dir)
+    existing = checkpoint_dirs(run_dir)
+    if existing and not resume:
+        raise ConfigError(f"{run_dir} already has checkpoints; pass --resume to continue, "
+                          "or choose another train.output_dir")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        materialize_random(recipe, run_dir / "base")  # once, before the other ranks read it
+    accelerator.wait_for_everyone()
+    recipe = materialize_random(recipe, run_dir / "base")
+    if main:
+        save_recipe(portable(recipe, run_dir), run_dir / RECIPE_FILE)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(recipe, device=accelerator.device)
+    report = apply_stage(model, cfg.stage)
+    if cfg.gradient_checkpointing:
+        model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    loaded = load_samples(recipe.data)
+    cache = _feature_cache(recipe)
+    dataset = SampleDataset(loaded.samples, model.processor, cache, recipe.data.skip_bad)
+    per_epoch = len(dataset) // (cfg.batch_size * accelerator.num_processes)
+    total_steps = cfg.epochs * max(per_epoch // cfg.grad_accum, 1) if cfg.epochs else cfg.max_steps
+    if main:
+        log.info("stage %s\n%s", cfg.stage, report)
+        log.info("%d samples (%d malformed rows skipped)%s", len(dataset), loaded.skipped,
+                 "".join(f"\n  skipped: {e}" for e in loaded.errors))
+
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_lambda, warmup=cfg.warmup_steps,
+                                                                     total=total_steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    state = TrainState()
+    if resume and existing:
+        state = _restore(existing[-1], accelerator.unwrap_model(model), optimizer, scheduler)
+        if main:
+            log.info("resumed from %s at step %d", existing[-1].name, state.step)
+
+    batches = ResumableBatches(len(dataset), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
+                               cfg.seed, start=state.micro, total=total_steps * cfg.grad_accum)
+    processor = accelerator.unwrap_model(model).processor
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=recipe.data.num_workers,
+                        collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id))
+    metrics_file = run_dir / "metrics.jsonl"
+    bar = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.stage}", unit="step",
+               disable=not (progress and main), dynamic_ncols=True)
+    model.train()
+    window_loss, window_samples, window_start = [], 0, time.perf_counter()
+    losses = []
+    try:
+        for batch in loader:
+            batch = batch.to(accelerator.device)
+            with accelerator.accumulate(model):
+                loss = _loss(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.micro += 1
+            counts = accelerator.reduce(torch.tensor([len(batch), batch.skipped], device=accelerator.device), "sum")
+            state.samples += int(counts[0])
+            state.skipped += int(counts[1])
+            window_samples += int(counts[0])
+            window_loss.append(accelerator.reduce(loss.detach().float(), "mean").item())
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == total_steps:
+                elapsed = time.perf_counter() - window_start
+                record = {"step": state.step, "loss": sum(window_loss) / len(window_loss),
+                          "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
+                          "samples": state.samples, "skipped": state.skipped}
+                losses.append(record["loss"])
+                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                sps=f"{record['samples_per_s']:.1f}")
+                if main:
+                    with metrics_file.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                window_loss, window_samples, window_start = [], 0, time.perf_counter()
+            if state.step % cfg.save_every == 0 and state.step < total_steps:
+                _save_checkpoint(accelerator, model, optimizer, scheduler, state, run_dir, cfg.keep_checkpoints)
+            for callback in callbacks:
+                callback(state)
+    except KeyboardInterrupt:
+        # Nothing is lost: keep what the last complete optimizer step produced.
+        if state.micro % cfg.grad_accum == 0 and state.step > 0:
+            _save_checkpoint(accelerator, model, optimizer, scheduler, state, run_dir, cfg.keep_checkpoints)
+        bar.close()
+        raise
+    bar.close()
+    _save_checkpoint(accelerator, model, optimizer, scheduler, state, run_dir, cfg.keep_checkpoints)
+    if main:
+        save_trained_weights(accelerator.unwrap_model(model), run_dir)
+        plot_metrics(metrics_file, run_dir / "loss.png", title=f"{cfg.stage}: {run_dir.name}")
+        if state.skipped:
+            log.warning("%d bad samples were skipped (data.skip_bad=true)", state.skipped)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return RunResult(run_dir, state, losses)
+
+
+def _loss(model, batch) -> torch.Tensor:
+    if len(batch) == 0:  # every sample in it was skipped: a zero loss keeps DDP ranks in step
+        return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+    return model(**batch.model_inputs()).loss
+
+
+def _feature_cache(recipe: Recipe):
+    if not recipe.data.feature_cache:
+        return None
+    if recipe.model.image is None:
+        raise ConfigError("data.feature_cache is set but the model has no image encoder")
+    return FeatureCache.open(recipe.data.feature_cache, encoder_identity(recipe.model.image))
+
+
+def _save_checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, run_dir: Path, keep: int):
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = run_dir / "checkpoints" / f"step-{state.step:07d}"
+        if not final.exists():
+            tmp = final.with_name(final.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_trained_weights(accelerator.unwrap_model(model), tmp)
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                       tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps(state.__dict__))
+            os.replace(tmp, final)  # a checkpoint folder either exists whole or not at all
+        for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _restore(ckpt: Path, model, optimizer, scheduler) -> TrainState:
+    load_trained_weights(model, ckpt)
+    saved = torch.load(ckpt / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["rng"])
+    if saved.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    return TrainState(**json.loads((ckpt / "state.json").read_text()))
+
+
+__all__ = ["train", "TrainState", "RunResult", "WEIGHTS"]

@@ -1,0 +1,114 @@
+"""easy-VQA loader: counts from the package, question types, Sample formatting."""
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from omnilm.data import easyvqa
+from omnilm.errors import DataError, MissingDependency
+
+needs_easyvqa = pytest.mark.skipif(
+    importlib.util.find_spec("easy_vqa") is None,
+    reason=f"easy-VQA not installed: {easyvqa.INSTALL}",
+)
+
+
+@pytest.fixture(scope="module", name="train_rows")
+def _train_rows():
+    return easyvqa.load_easyvqa("train")
+
+
+@pytest.fixture(scope="module", name="test_rows")
+def _test_rows():
+    return easyvqa.load_easyvqa("test")
+
+
+@needs_easyvqa
+def test_counts(train_rows, test_rows):
+    assert len(train_rows) == 38_575
+    assert len(test_rows) == 9_673
+    assert len({it.image_id for it in train_rows}) == 4_000
+    assert len({it.image_id for it in test_rows}) == 1_000
+    assert len(easyvqa.answers()) == 13
+
+
+@needs_easyvqa
+def test_items_point_at_images(test_rows):
+    item = test_rows[0]
+    assert item.id == "test-0"
+    assert item.image.is_file() and item.image.suffix == ".png"
+    assert item.image.name == f"{item.image_id}.png"
+    with Image.open(item.image) as im:
+        assert im.size == (64, 64)
+
+
+@needs_easyvqa
+def test_question_types_cover_every_answer(train_rows, test_rows):
+    typed = set().union(*easyvqa.QUESTION_TYPES.values())
+    assert typed == set(easyvqa.answers())
+    counts = Counter(it.qtype for it in train_rows + test_rows)
+    assert set(counts) == {"yes/no", "color", "shape"}
+    # The package README: 28,407 train and 7,136 test questions are yes/no.
+    assert sum(it.qtype == "yes/no" for it in train_rows) == 28_407
+    assert sum(it.qtype == "yes/no" for it in test_rows) == 7_136
+
+
+def test_question_type_rejects_unknown_answer():
+    assert easyvqa.question_type("teal") == "color"
+    with pytest.raises(DataError, match="purple"):
+        easyvqa.question_type("purple")
+
+
+@needs_easyvqa
+def test_majority_baseline():
+    answer, acc = easyvqa.majority_answer_accuracy()
+    assert answer == "yes"
+    assert acc == pytest.approx(3_611 / 9_673)  # 37.3 %
+
+
+def _item():
+    return easyvqa.EasyVQAItem(
+        id="test-7", image=Path("img/3.png"), question="what color is the shape?",
+        answer="blue", qtype="color", image_id=3,
+    )
+
+
+def test_to_sample_typed_question():
+    s = easyvqa.to_sample(_item())
+    assert [m.role for m in s.messages] == ["user", "assistant"]
+    assert s.messages[0].content == "<image>\nQuestion: what color is the shape?\nAnswer:"
+    assert s.messages[1].content == "blue"
+    assert s.images == [Path("img/3.png")] and s.audios == []
+    assert s.id == "test-7" and s.meta["qtype"] == "color"
+
+
+def test_to_sample_spoken_question():
+    s = easyvqa.to_sample(_item(), spoken_audio="speech/abc.wav")
+    assert s.messages[0].content == "<image>\nQuestion: <audio>\nAnswer:"
+    assert "what color" not in s.messages[0].content  # the model must listen, not read
+    assert s.audios == [Path("speech/abc.wav")]
+    assert s.meta["question"] == "what color is the shape?"  # kept for alignment targets
+
+
+def test_to_sample_custom_and_bad_templates():
+    s = easyvqa.to_sample(_item(), template="Q: {question} <image> A:")
+    assert s.messages[0].content == "Q: what color is the shape? <image> A:"
+    with pytest.raises(ValueError, match="exactly one <image>"):
+        easyvqa.to_sample(_item(), template="{question}")
+    with pytest.raises(ValueError, match="<audio>"):
+        easyvqa.to_sample(_item(), spoken_audio="a.wav", template="<image> {question}")
+    with pytest.raises(ValueError, match="no spoken_audio"):
+        easyvqa.to_sample(_item(), template="<image><audio> {question}")
+
+
+def test_missing_package_names_install_command(monkeypatch):
+    monkeypatch.setattr(easyvqa.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingDependency, match="pip install --no-deps easy-vqa==1.0"):
+        easyvqa.load_easyvqa("test")
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="split"):
+        easyvqa.load_easyvqa("validation")
