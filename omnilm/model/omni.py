@@ -16,6 +16,14 @@ class OmniLM(nn.Module):
         self.projectors = nn.ModuleDict(projectors)
         self.processor = None  # attached by the builder: tokenizer + template + media preprocessing
 
+    def train(self, mode: bool = True):
+        """Frozen encoders stay in eval mode: no dropout, and BatchNorm keeps its statistics."""
+        super().train(mode)
+        for encoder in self.encoders.values():
+            if not any(p.requires_grad for p in encoder.parameters()):
+                encoder.eval()
+        return self
+
     @property
     def device(self) -> torch.device:
         return self.llm.get_input_embeddings().weight.device

