@@ -37,6 +37,64 @@ def cmd_fixtures(args) -> None:
         print(f"{name}: {path}")
 
 
+def _serve_state(args):
+    from omnilm.serve.limits import Limits
+    from omnilm.serve.server import load_state
+
+    limits = Limits(allow_remote_images=args.allow_remote_images, max_batch_size=args.max_batch_size,
+                    max_new_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
+                    max_body_bytes=args.max_body_mb * 1024 * 1024, max_image_pixels=args.max_image_pixels,
+                    max_audio_seconds=args.max_audio_seconds)
+    return load_state(args.model, model_name=args.model_name, api_key=args.api_key, limits=limits,
+                      device=args.device, asr_backend=args.asr_backend, asr_model=args.asr_model)
+
+
+def cmd_serve(args) -> None:
+    from omnilm.serve.server import serve
+
+    serve(_serve_state(args), host=args.host, port=args.port, ui=args.ui)
+
+
+def cmd_app(args) -> None:
+    from omnilm.serve.server import run_app
+
+    run_app(_serve_state(args), host=args.host, port=args.port)
+
+
+def _add_serving_options(p, port: int) -> None:
+    import os
+
+    p.add_argument("--model", required=True, help="a trained run or export folder")
+    p.add_argument("--model-name", help="name clients use in 'model' (default: the folder's name)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept connections from other machines")
+    p.add_argument("--port", type=int, default=port)
+    p.add_argument("--api-key", default=os.environ.get("OMNILM_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $OMNILM_API_KEY; none = open)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--allow-remote-images", action="store_true",
+                   help="let requests give http(s) image URLs that the server then fetches")
+    p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together in one batch")
+    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-prompt-tokens", type=int, help="refuse longer prompts (default: the context decides)")
+    p.add_argument("--max-body-mb", type=int, default=20, help="largest request body, base64 media included")
+    p.add_argument("--max-image-pixels", type=int, default=16_000_000, help="refuse larger images")
+    p.add_argument("--max-audio-seconds", type=float, default=60.0, help="refuse longer audio")
+    p.add_argument("--asr-backend", choices=["transformers", "ctranslate2"],
+                   help="transcription route for models without an audio encoder")
+    p.add_argument("--asr-model", help="Whisper model for the transcription route (folder or hub id)")
+
+
+def cmd_export(args) -> None:
+    import torch
+
+    from omnilm.model.build import load_pretrained
+    from omnilm.model.export import export_model
+
+    dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
+    out = export_model(load_pretrained(args.model), args.out, dtype)
+    print(f"exported -> {out} (loads with OmniLM.from_pretrained or `omnilm chat --model {out}`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnilm", description="Build multimodal (text, image, audio -> text) LLMs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -58,9 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_cache_features)
 
+    p = sub.add_parser("export", help="merge LoRA (dequantizing a 4-bit base) into a self-contained folder")
+    p.add_argument("--model", required=True, help="run folder (or export folder)")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("fixtures", help="write small COCO- and LLaVA-format data sets for the tiny recipes")
     p.add_argument("--out", default="data/tiny")
     p.set_defaults(func=cmd_fixtures)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP API (and the web app at /ui) for a trained model")
+    _add_serving_options(p, port=8000)
+    p.add_argument("--ui", action=argparse.BooleanOptionalAction, default=True, help="mount the web app at /ui")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("app", help="the web app alone (image, microphone and text chat)")
+    _add_serving_options(p, port=7860)
+    p.set_defaults(func=cmd_app)
     return parser
 
 

@@ -74,6 +74,22 @@ def make_llava(root, count: int = 48, seed: int = 1) -> Path:
     return path
 
 
-def make_all(root) -> dict[str, Path]:
+def make_asr(root, count: int = 16, seed: int = 2) -> Path:
+    """root/*.wav spoken with espeak-ng + root/manifest.jsonl ({"audio", "text"} per line)."""
+    from omnilm.data.speech import TRAIN_VOICE, synthesize
+
+    rng = random.Random(seed)
+    texts = [f"a {rng.choice(list(COLORS))} {rng.choice(SHAPES)}" for _ in range(count)]
     root = Path(root)
-    return {"coco": make_coco(root / "coco"), "llava": make_llava(root / "llava")}
+    wavs = synthesize(texts, TRAIN_VOICE, root, progress=False)
+    path = root / "manifest.jsonl"
+    path.write_text("".join(json.dumps({"audio": w.name, "text": t}) + "\n" for w, t in zip(wavs, texts)))
+    return path
+
+
+def make_all(root, audio: bool = True) -> dict[str, Path]:
+    root = Path(root)
+    out = {"coco": make_coco(root / "coco"), "llava": make_llava(root / "llava")}
+    if audio:
+        out["asr"] = make_asr(root / "asr")
+    return out

@@ -55,8 +55,12 @@ class Processor:
     def _read(self, modality: str, item):
         if modality == "image":
             return load_image(item)
+        import numpy as np
+
         from omnilm.data.audio import load_audio
 
+        if isinstance(item, np.ndarray):  # a bare waveform is 16 kHz mono by the Sample contract
+            item = (item, 16000)
         return load_audio(item, max_seconds=self.audio_max_seconds)
 
     def token_counts(self, media: dict, features: dict) -> dict[str, list[int]]:

@@ -74,7 +74,7 @@ class OmniLM(nn.Module):
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
     def save_pretrained(self, path):  # convenience: see omnilm.model.checkpoint
-        from omnilm.model.checkpoint import export_model
+        from omnilm.model.export import export_model
 
         export_model(self, path)
 

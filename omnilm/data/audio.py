@@ -1,0 +1,141 @@
+"""Read audio from a file, bytes or an array into float32 mono at one sampling rate.
+
+soundfile (libsndfile >= 1.1) decodes wav, flac, ogg/vorbis/opus and mp3 without ffmpeg;
+soxr resamples. Both are small numpy-only wheels, unlike torchaudio/librosa (see env notes).
+Every failure raises MediaError naming the file, so a bad row in a dataset of thousands
+can be found and fixed.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from omnilm.errors import MediaError
+
+SUPPORTED = "wav, flac, mp3, ogg (anything libsndfile reads)"
+
+
+def load_audio(
+    source: Any,
+    *,
+    sampling_rate: int = 16000,
+    max_seconds: float | None = None,
+    name: str | None = None,
+) -> np.ndarray:
+    """Return the audio in `source` as a float32 mono waveform at `sampling_rate`.
+
+    `source` is a path (str / PathLike), raw file bytes, or a `(waveform, rate)` tuple where
+    the waveform is [N] or 2-D with channels on the shorter axis (soundfile's [N, C] or
+    torch's [C, N]); integer waveforms are scaled to [-1, 1]. `name` labels the source in
+    error messages (defaults to the path, or "<bytes>" / "<array>").
+    """
+    if isinstance(source, (str, os.PathLike)):
+        label = name or str(source)
+        data, rate = _read_file(Path(source), label, max_seconds)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        label = name or "<bytes>"
+        data, rate = _read_bytes(bytes(source), label, max_seconds)
+    elif isinstance(source, tuple) and len(source) == 2:
+        label = name or "<array>"
+        data, rate = _from_array(source[0], source[1], label)
+    else:
+        raise MediaError(
+            f"{name or 'audio'}: cannot read a {type(source).__name__}; "
+            "pass a path, file bytes, or a (waveform, sampling_rate) tuple"
+        )
+    return _finish(data, rate, label, sampling_rate, max_seconds)
+
+
+def _read_file(path: Path, label: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    if not path.is_file():
+        raise MediaError(f"audio file not found: {label}")
+    if path.stat().st_size == 0:
+        raise MediaError(f"audio file {label} is empty (0 bytes)")
+    # Open the file ourselves: given a path, libsndfile reports some non-audio files as
+    # "File does not exist", which would send the user looking in the wrong place.
+    with open(path, "rb") as f:
+        return _decode(f, label, max_seconds)
+
+
+def _read_bytes(data: bytes, label: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    if not data:
+        raise MediaError(f"audio {label} is empty (0 bytes)")
+    return _decode(io.BytesIO(data), label, max_seconds)
+
+
+def _decode(f: BinaryIO, label: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    try:
+        # Open once and check the header's duration before decoding, so an hour-long file
+        # over the limit fails fast instead of filling memory.
+        with sf.SoundFile(f) as snd:
+            rate = snd.samplerate
+            if max_seconds is not None and snd.frames > 0:
+                _check_length(snd.frames, rate, label, max_seconds)
+            data = snd.read(dtype="float32", always_2d=True)  # [N, C]
+    except sf.LibsndfileError as err:
+        reason = getattr(err, "error_string", str(err))
+        if "does not exist" in reason:
+            # libsndfile's catch-all for streams its mp3 decoder rejects; the file exists.
+            reason = "not a readable audio stream"
+        raise MediaError(
+            f"cannot decode audio {label}: {reason} (corrupt or not an audio file?); "
+            f"supported formats: {SUPPORTED}"
+        ) from err
+    except (RuntimeError, EOFError, ValueError) as err:
+        # Anything else raised while decoding (soundfile wraps several codec libraries):
+        # still name the file.
+        raise MediaError(f"cannot decode audio {label}: {err} (corrupt file?)") from err
+    return data, rate
+
+
+def _from_array(waveform: Any, rate: Any, label: str) -> tuple[np.ndarray, int]:
+    try:
+        data = np.asarray(waveform)
+        rate = int(rate)
+    except (TypeError, ValueError) as err:
+        raise MediaError(f"audio {label}: expected (waveform, sampling_rate), got {err}") from err
+    if rate <= 0:
+        raise MediaError(f"audio {label}: sampling rate must be positive, got {rate}")
+    if np.issubdtype(data.dtype, np.integer):
+        # PCM integers: scale so full scale maps to 1.0 like soundfile's float output.
+        data = data.astype(np.float32) / float(np.iinfo(data.dtype).max)
+    elif not np.issubdtype(data.dtype, np.floating):
+        raise MediaError(f"audio {label}: waveform dtype {data.dtype} is not numeric")
+    if data.ndim == 1:
+        data = data[:, None]  # [N, 1]
+    elif data.ndim == 2:
+        if data.shape[0] < data.shape[1]:
+            data = data.T  # channels are the short axis: [C, N] -> [N, C]
+    else:
+        raise MediaError(f"audio {label}: waveform must be 1-D or 2-D, got shape {data.shape}")
+    return data.astype(np.float32, copy=False), rate
+
+
+def _finish(
+    data: np.ndarray, rate: int, label: str, sampling_rate: int, max_seconds: float | None
+) -> np.ndarray:
+    if data.shape[0] == 0:
+        raise MediaError(f"audio {label} is empty (0 samples)")
+    if max_seconds is not None:
+        _check_length(data.shape[0], rate, label, max_seconds)
+    if not np.isfinite(data).all():
+        raise MediaError(f"audio {label} contains NaN or infinite samples")
+    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # [N]
+    if rate != sampling_rate:
+        mono = soxr.resample(mono, rate, sampling_rate, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _check_length(frames: int, rate: int, label: str, max_seconds: float) -> None:
+    seconds = frames / rate
+    if seconds > max_seconds:
+        raise MediaError(
+            f"audio {label} is {seconds:.1f} s long; the limit is {max_seconds:g} s "
+            "(raise max_seconds or trim the file)"
+        )

@@ -1,0 +1,286 @@
+"""Frozen Whisper encoder as an audio feature extractor for the native audio route.
+
+Audio -> log-mel at its real length -> Whisper encoder -> k consecutive encoder frames
+stacked into one vector per LLM token (Ultravox-style), so a 10 s clip costs
+ceil(500 / k) tokens instead of the 1,500 a padded 30 s window would.
+
+transformers' WhisperEncoder.forward refuses anything but exactly 3,000 mel frames, so the
+same submodules (conv1, conv2, embed_positions, layers, layer_norm) are applied here
+directly; with exactly 3,000 frames this reproduces WhisperEncoder.forward exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import WhisperConfig, WhisperFeatureExtractor
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from omnilm.errors import MediaError, OmniError
+
+# conv1 has stride 1 and conv2 stride 2: one encoder frame per two mel frames.
+CONV_STRIDE = 2
+
+
+class WhisperAudioEncoder(nn.Module):
+    """Whisper encoder + feature extractor producing stacked frame features.
+
+    Build with `from_pretrained` (weights from a folder or hub id) or `from_config` (tiny
+    random encoders for tests); the constructor itself only wires already-built parts.
+    """
+
+    modality = "audio"
+
+    def __init__(
+        self,
+        encoder: WhisperEncoder,
+        feature_extractor: WhisperFeatureExtractor,
+        stack_frames: int = 8,
+    ):
+        super().__init__()
+        if stack_frames < 1:
+            raise OmniError(f"stack_frames must be >= 1, got {stack_frames}")
+        if feature_extractor.feature_size != encoder.config.num_mel_bins:
+            raise OmniError(
+                f"feature extractor makes {feature_extractor.feature_size} mel bins but the "
+                f"encoder expects {encoder.config.num_mel_bins}"
+            )
+        self.encoder = encoder
+        self.feature_extractor = feature_extractor
+        self.stack_frames = stack_frames
+        self.d_model = encoder.config.d_model
+        self.hidden_size = self.d_model * stack_frames
+        # One encoder window covers max_source_positions encoder frames (30 s for Whisper).
+        self.window_frames = encoder.config.max_source_positions * CONV_STRIDE  # mel frames
+        self.sampling_rate = feature_extractor.sampling_rate
+        self.hop_length = feature_extractor.hop_length
+
+    # ---- building ------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: WhisperConfig, stack_frames: int = 8) -> "WhisperAudioEncoder":
+        """A randomly initialised encoder (tests, shape checks)."""
+        encoder = WhisperEncoder(config)
+        extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+        return cls(encoder.eval(), extractor, stack_frames)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str, stack_frames: int = 8, dtype: torch.dtype | None = None
+    ) -> "WhisperAudioEncoder":
+        """Load the encoder half of a Whisper checkpoint (hub id such as
+        "openai/whisper-small", or a local folder).
+
+        WhisperEncoder.from_pretrained on a full Whisper checkpoint silently leaves every
+        weight random in transformers 5.x (the keys carry a "model.encoder." prefix), so the
+        encoder's tensors are read from the safetensors/bin files and loaded strictly.
+        """
+        config = WhisperConfig.from_pretrained(name_or_path)
+        state = _encoder_state_dict(name_or_path)
+        encoder = WhisperEncoder(config)
+        missing, unexpected = encoder.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise OmniError(
+                f"{name_or_path}: encoder weights do not fit WhisperEncoder "
+                f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})"
+            )
+        if dtype is not None:
+            encoder = encoder.to(dtype)
+        extractor = _load_feature_extractor(name_or_path, config)
+        return cls(encoder.eval(), extractor, stack_frames)
+
+    def save_pretrained(self, path) -> None:
+        """A folder `from_pretrained` reads back: encoder weights, config, feature extractor."""
+        self.encoder.save_pretrained(path)
+        self.feature_extractor.save_pretrained(path)
+
+    # ---- features ------------------------------------------------------------------------
+
+    def preprocess(self, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """16 kHz mono waveform -> log-mel [n_mels, F] at the real length.
+
+        The waveform is zero-padded only to a whole number of conv strides (2 hops), so F is
+        even. Audio over one window is cut into window-sized pieces first and each piece is
+        normalised on its own, as Whisper itself sees 30 s windows.
+        """
+        wave = np.asarray(waveform, dtype=np.float32).reshape(-1)  # [N]
+        if wave.size == 0:
+            raise MediaError("cannot encode empty audio (0 samples)")
+        window = self.window_frames * self.hop_length  # samples per window
+        pieces = [wave[i : i + window] for i in range(0, wave.size, window)]
+        return torch.cat([self._log_mel(p) for p in pieces], dim=1)  # [n_mels, F]
+
+    def _log_mel(self, wave: np.ndarray) -> torch.Tensor:
+        step = self.hop_length * CONV_STRIDE
+        wave = np.pad(wave, (0, -wave.size % step))
+        features = self.feature_extractor(
+            wave,
+            sampling_rate=self.sampling_rate,
+            padding="do_not_pad",
+            truncation=False,
+            return_tensors="np",
+        ).input_features  # [1, n_mels, N / hop]
+        return torch.from_numpy(features[0])
+
+    def num_tokens(self, mel: torch.Tensor) -> int:
+        """How many stacked tokens `forward` returns for this mel ([n_mels, F])."""
+        return math.ceil(self._num_frames(mel.shape[-1]) / self.stack_frames)
+
+    def _num_frames(self, mel_frames: int) -> int:
+        # Each window's conv2 (kernel 3, stride 2, padding 1) yields ceil(F_w / 2) frames;
+        # full windows are even, so the total is ceil(F / 2).
+        return math.ceil(mel_frames / CONV_STRIDE)
+
+    # ---- encoding ------------------------------------------------------------------------
+
+    def forward(self, mels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Encode log-mels of any lengths: list of [n_mels, F_i] -> list of [T_i, hidden_size].
+
+        All windows of all clips run as one padded batch; padded positions are zeroed
+        after conv1 and masked out of attention, so results match one-by-one encoding.
+        """
+        if not mels:
+            return []
+        windows, owners = [], []
+        for i, mel in enumerate(mels):
+            if mel.dim() != 2 or mel.shape[0] != self.encoder.config.num_mel_bins:
+                raise MediaError(
+                    f"audio {i}: expected log-mel [{self.encoder.config.num_mel_bins}, F], "
+                    f"got {tuple(mel.shape)}"
+                )
+            if mel.shape[1] == 0:
+                raise MediaError(f"audio {i}: log-mel has 0 frames")
+            for piece in mel.split(self.window_frames, dim=1):
+                windows.append(piece)
+                owners.append(i)
+        encoded = self._encode_windows(windows)  # list of [frames_w, D]
+        per_clip: list[list[torch.Tensor]] = [[] for _ in mels]
+        for owner, frames in zip(owners, encoded):
+            per_clip[owner].append(frames)
+        return [self._stack(torch.cat(parts, dim=0)) for parts in per_clip]
+
+    def _encode_windows(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
+        enc = self.encoder
+        param = enc.conv1.weight
+        lengths = [w.shape[1] for w in windows]
+        longest = max(lengths)
+        mel = torch.stack([F.pad(w, (0, longest - w.shape[1])) for w in windows])  # [W, M, F]
+        mel = mel.to(device=param.device, dtype=param.dtype)
+        ragged = any(n != longest for n in lengths)
+
+        x = F.gelu(enc.conv1(mel))  # [W, D, F]
+        if ragged:
+            # Zero what conv1 made of the padding, so conv2 sees the same zeros at a clip's
+            # end as it does for the clip alone (conv padding is zeros too).
+            keep = _length_mask(lengths, longest, x.device)  # [W, F]
+            x = x * keep[:, None, :].to(x.dtype)
+        x = F.gelu(enc.conv2(x))  # [W, D, F/2]
+        x = x.permute(0, 2, 1)  # [W, T, D]
+        frames = x.shape[1]
+        x = x + enc.embed_positions.weight[:frames]  # [W, T, D]
+        x = F.dropout(x, p=enc.dropout, training=enc.training)
+
+        frame_lengths = [self._num_frames(n) for n in lengths]
+        mask = _attention_mask(frame_lengths, frames, x.dtype, x.device) if ragged else None
+        for layer in enc.layers:
+            x = layer(x, mask)  # [W, T, D]
+        x = enc.layer_norm(x)  # [W, T, D]
+        return [x[i, :n] for i, n in enumerate(frame_lengths)]
+
+    def _stack(self, frames: torch.Tensor) -> torch.Tensor:
+        """[T, D] -> [ceil(T / k), D * k]: k consecutive frames side by side, tail zero-padded."""
+        k = self.stack_frames
+        frames = F.pad(frames, (0, 0, 0, -frames.shape[0] % k))  # [T', D]
+        return frames.reshape(-1, self.hidden_size)  # [T' / k, D * k]
+
+
+def _length_mask(lengths: list[int], longest: int, device) -> torch.Tensor:
+    steps = torch.arange(longest, device=device)  # [F]
+    return steps[None, :] < torch.tensor(lengths, device=device)[:, None]  # [W, F]
+
+
+def _attention_mask(lengths: list[int], frames: int, dtype, device) -> torch.Tensor:
+    """Additive mask [W, 1, T, T] hiding padded keys (what eager and sdpa attention accept)."""
+    keep = _length_mask(lengths, frames, device)  # [W, T]
+    mask = torch.zeros(len(lengths), 1, frames, frames, dtype=dtype, device=device)
+    return mask.masked_fill(~keep[:, None, None, :], torch.finfo(dtype).min)
+
+
+# ---- checkpoint reading ------------------------------------------------------------------
+
+# Key prefixes of the encoder inside the checkpoints Whisper ships in: a full
+# WhisperForConditionalGeneration, a bare WhisperModel, or a saved WhisperEncoder.
+_ENCODER_PREFIXES = ("model.encoder.", "encoder.", "")
+
+
+def _encoder_state_dict(name_or_path: str) -> dict[str, torch.Tensor]:
+    files = _weight_files(name_or_path)
+    state: dict[str, torch.Tensor] = {}
+    for file in files:
+        state.update(_read_weights(file))
+    for prefix in _ENCODER_PREFIXES:
+        if f"{prefix}conv1.weight" in state:
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    raise OmniError(
+        f"{name_or_path}: no Whisper encoder weights found (looked for 'conv1.weight' under "
+        f"{[p or '<no prefix>' for p in _ENCODER_PREFIXES]} in {[str(f) for f in files]})"
+    )
+
+
+def _weight_files(name_or_path: str) -> list[Path]:
+    """Resolve the checkpoint's weight files locally (downloading from the hub if needed)."""
+    from transformers.utils import cached_file
+
+    def get(filename: str) -> str | None:
+        return cached_file(
+            name_or_path,
+            filename,
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+        )
+
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if path := get(single):
+            return [Path(path)]
+        if index_path := get(index):
+            shards = sorted(set(json.loads(Path(index_path).read_text())["weight_map"].values()))
+            return [Path(get(shard) or shard) for shard in shards]
+    raise OmniError(
+        f"{name_or_path}: no model.safetensors or pytorch_model.bin found "
+        "(is this a Whisper checkpoint folder or hub id, and is the hub reachable?)"
+    )
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    if not file.is_file():
+        raise OmniError(f"weight file listed in the index is missing: {file}")
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file))
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def _load_feature_extractor(name_or_path: str, config: WhisperConfig) -> WhisperFeatureExtractor:
+    folder = Path(name_or_path)
+    if folder.is_dir() and not (folder / "preprocessor_config.json").is_file():
+        # Converted checkpoints often lack it; the extractor has no learned state, only the
+        # mel-bin count, which the model config fixes.
+        return WhisperFeatureExtractor(feature_size=config.num_mel_bins)
+    return WhisperFeatureExtractor.from_pretrained(name_or_path)
+
+
+def build_whisper_encoder(cfg, seed: int) -> WhisperAudioEncoder:
+    """Registry entry: a recipe's EncoderConfig -> encoder (random_config for tiny tests)."""
+    if cfg.random_config is not None:
+        torch.manual_seed(seed)
+        return WhisperAudioEncoder.from_config(WhisperConfig(**cfg.random_config), cfg.stack_frames)
+    return WhisperAudioEncoder.from_pretrained(cfg.name_or_path, stack_frames=cfg.stack_frames)
