@@ -57,10 +57,21 @@ class LLMConfig:
 
 
 @dataclass
+class TranscriberConfig:
+    backend: str = "transformers"  # transformers | ctranslate2
+    name_or_path: str = "openai/whisper-small"  # hub id or folder; "zoo:whisper-tiny.en" = offline copy
+    language: Optional[str] = None
+
+
+@dataclass
 class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     image: Optional[EncoderConfig] = None
     audio: Optional[EncoderConfig] = None
+    # native: audio encoder features in the prompt; transcribe: Whisper text in the prompt;
+    # auto: native when model.audio is set, else transcribe when a transcriber is set.
+    audio_route: str = "auto"
+    transcriber: Optional[TranscriberConfig] = None
     init_from: Optional[str] = None  # a run or export folder whose trained weights seed this model
     seed: int = 0  # seed for random_config components
 
@@ -209,6 +220,7 @@ def save_recipe(recipe: Recipe, path: str | Path) -> None:
 CHOICES = {
     "model.llm.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.llm.quantization": ("none", "nf4"),
+    "model.audio_route": ("auto", "native", "transcribe"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
 }
 
@@ -226,6 +238,10 @@ def validate(recipe: Recipe) -> None:
         raise ConfigError(f"train.lr: must be positive, got {recipe.train.lr}")
     if recipe.model.llm.quantization == "nf4" and recipe.model.llm.lora is None:
         raise ConfigError("model.llm.quantization=nf4 needs model.llm.lora (a 4-bit base cannot train)")
+    if recipe.model.audio_route == "native" and recipe.model.audio is None:
+        raise ConfigError("model.audio_route=native needs model.audio (an audio encoder)")
+    if recipe.model.audio_route == "transcribe" and recipe.model.transcriber is None:
+        raise ConfigError("model.audio_route=transcribe needs model.transcriber (backend, name_or_path)")
     for name in ("image", "audio"):
         enc = getattr(recipe.model, name)
         if enc is not None and enc.name_or_path is None and enc.random_config is None and enc.type in _NEEDS_SOURCE:

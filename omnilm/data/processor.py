@@ -1,14 +1,17 @@
 """Processor: a Sample -> token ids, labels and media tensors the model can take."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import torch
 
 from omnilm.data.chat import IGNORE, get_template, render
 from omnilm.data.images import load_image
-from omnilm.data.sample import Message, Sample
+from omnilm.data.sample import AUDIO_TOKEN, Message, Sample
 from omnilm.errors import DataError
+
+MARKER_AUDIO = re.compile(re.escape(AUDIO_TOKEN))
 
 
 @dataclass
@@ -17,11 +20,13 @@ class Encoded:
     labels: torch.Tensor  # [T] long, IGNORE where nothing is learned
     media: dict = field(default_factory=dict)  # modality -> list of encoder inputs
     features: dict = field(default_factory=dict)  # modality -> list of cached encoder outputs [T_i, D]
+    transcripts: list = field(default_factory=list)  # transcription route: what each audio said
 
 
 class Processor:
     def __init__(self, tokenizer, template: str, encoders: dict, end_token_ids: dict, max_length: int,
-                 system: str | None = None, audio_max_seconds: float = 120.0):
+                 system: str | None = None, audio_max_seconds: float = 120.0, audio_route: str = "auto",
+                 transcriber_config=None):
         self.tokenizer = tokenizer
         self.template_name = template
         self.template = get_template(template)
@@ -30,6 +35,11 @@ class Processor:
         self.max_length = max_length
         self.system = system
         self.audio_max_seconds = audio_max_seconds
+        self.transcriber_config = transcriber_config
+        self._transcriber = None  # loaded on first use: a Whisper model is not small
+        if audio_route == "auto":
+            audio_route = "native" if "audio" in encoders else "transcribe" if transcriber_config else "none"
+        self.audio_route = audio_route
         # Tokenizers that put BOS in front of every encode (Llama-style) get it here too.
         self.add_bos = tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
 
@@ -39,7 +49,7 @@ class Processor:
         ends = {m: getattr(model, m).end_token_id for m in ("image", "audio") if getattr(model, m) is not None}
         audio_max = model.audio.max_seconds if model.audio is not None else 120.0
         return cls(tokenizer, recipe.data.template, encoders, ends, recipe.data.max_length,
-                   recipe.data.system, audio_max)
+                   recipe.data.system, audio_max, model.audio_route, model.transcriber)
 
     def load_media(self, sample: Sample, features: dict | None = None) -> tuple[dict, dict]:
         """Read and preprocess each media item unless its encoder features are given."""
@@ -48,7 +58,9 @@ class Processor:
             if not items or modality in features:
                 continue
             if modality not in self.encoders:
-                raise DataError(f"sample {sample.id or '?'} has {modality} input but the model has no {modality} encoder")
+                hint = " and no transcriber (set model.transcriber)" if modality == "audio" else ""
+                raise DataError(f"sample {sample.id or '?'} has {modality} input but the model has no "
+                                f"{modality} encoder{hint}")
             media[modality] = [self.encoders[modality].preprocess(self._read(modality, item)) for item in items]
         return media, features
 
@@ -68,12 +80,36 @@ class Processor:
         counts.update({m: [int(f.shape[0]) for f in fs] for m, fs in features.items()})
         return counts
 
+    def transcriber(self):
+        if self._transcriber is None:
+            from omnilm.audio.transcribe import make_transcriber
+
+            cfg = self.transcriber_config
+            path = cfg.name_or_path
+            if path == "zoo:whisper-tiny.en":
+                from omnilm.zoo.whisper_ct2 import whisper_ct2_dir
+
+                path = whisper_ct2_dir()
+            self._transcriber = make_transcriber(cfg.backend, path, language=cfg.language)
+        return self._transcriber
+
+    def transcribe(self, sample: Sample) -> tuple[Sample, list[str]]:
+        """The transcription route: each <audio> marker becomes the text Whisper heard."""
+        waves = [self._read("audio", a) for a in sample.audios]
+        texts = self.transcriber().transcribe_many(waves)
+        queue = iter(texts)
+        messages = [Message(m.role, MARKER_AUDIO.sub(lambda _: next(queue), m.content)) for m in sample.messages]
+        return Sample(messages, list(sample.images), [], sample.id, dict(sample.meta)), texts
+
     def messages(self, sample: Sample) -> list[Message]:
         if self.system and not any(m.role == "system" for m in sample.messages):
             return [Message("system", self.system), *sample.messages]
         return sample.messages
 
     def __call__(self, sample: Sample, features: dict | None = None, generation_prompt: bool = False) -> Encoded:
+        transcripts: list[str] = []
+        if sample.audios and self.audio_route == "transcribe":
+            sample, transcripts = self.transcribe(sample)
         media, features = self.load_media(sample, features)
         try:
             ids, labels = render(self.messages(sample), self.tokenizer, self.template,
@@ -88,7 +124,7 @@ class Processor:
             ids, labels = ids[: self.max_length], labels[: self.max_length]
         if not generation_prompt and all(label == IGNORE for label in labels):
             raise DataError(f"sample {sample.id or '?'} has no assistant tokens to learn")
-        return Encoded(torch.tensor(ids), torch.tensor(labels), media, features)
+        return Encoded(torch.tensor(ids), torch.tensor(labels), media, features, transcripts)
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode([int(i) for i in ids if int(i) >= 0], skip_special_tokens=True)

