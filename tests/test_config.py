@@ -40,3 +40,10 @@ def test_dotted_overrides_parse_yaml_scalars():
 def test_missing_recipe_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="recipe file not found: .*nope.yaml"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_seed_stage2_recipe_is_qlora_r64_on_phi2():
+    recipe = load_recipe(CONFIGS / "phi2-tinyclip-stage2-qlora.yaml")
+    assert recipe.model.llm.quantization == "nf4" and recipe.model.llm.lora.r == 64
+    assert recipe.model.llm.lora.target_modules == ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+    assert recipe.train.stage == "instruct" and recipe.data.source == "llava"
