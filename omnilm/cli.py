@@ -46,7 +46,8 @@ def _serve_state(args):
                     max_body_bytes=args.max_body_mb * 1024 * 1024, max_image_pixels=args.max_image_pixels,
                     max_audio_seconds=args.max_audio_seconds)
     return load_state(args.model, model_name=args.model_name, api_key=args.api_key, limits=limits,
-                      device=args.device, asr_backend=args.asr_backend, asr_model=args.asr_model)
+                      device=args.device, audio_route=args.audio_route, transcriber=args.transcriber,
+                      transcriber_backend=args.transcriber_backend)
 
 
 def cmd_serve(args) -> None:
@@ -79,9 +80,11 @@ def _add_serving_options(p, port: int) -> None:
     p.add_argument("--max-body-mb", type=int, default=20, help="largest request body, base64 media included")
     p.add_argument("--max-image-pixels", type=int, default=16_000_000, help="refuse larger images")
     p.add_argument("--max-audio-seconds", type=float, default=60.0, help="refuse longer audio")
-    p.add_argument("--asr-backend", choices=["transformers", "ctranslate2"],
-                   help="transcription route for models without an audio encoder")
-    p.add_argument("--asr-model", help="Whisper model for the transcription route (folder or hub id)")
+    p.add_argument("--audio-route", choices=["auto", "native", "transcribe"],
+                   help="how audio reaches the model (default: the model's recipe)")
+    p.add_argument("--transcriber", help="Whisper for the transcription route: folder, hub id or zoo:whisper-tiny.en")
+    p.add_argument("--transcriber-backend", choices=["transformers", "ctranslate2"],
+                   help="default: ctranslate2 for zoo: models, else transformers")
 
 
 def cmd_export(args) -> None:
@@ -93,6 +96,43 @@ def cmd_export(args) -> None:
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     out = export_model(load_pretrained(args.model), args.out, dtype)
     print(f"exported -> {out} (loads with OmniLM.from_pretrained or `omnilm chat --model {out}`)")
+
+
+def cmd_chat(args) -> None:
+    from omnilm.chat import ChatSession, run_repl
+    from omnilm.generate import GenerationConfig
+    from omnilm.model.build import load_pretrained
+
+    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                              top_k=args.top_k, repetition_penalty=args.repetition_penalty, stop=args.stop or [],
+                              seed=args.seed).validate()  # before the (slow) model load
+    session = ChatSession(load_pretrained(args.model, device=args.device), config, system=args.system)
+
+    def write(text: str) -> None:  # flushed per piece: the answer appears as it is generated
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    if args.question is not None:
+        for piece in session.ask(args.question, images=args.image or [], audios=args.audio or []):
+            write(piece)
+        write("\n")
+        return
+    for path in args.image or []:
+        session.attach("image", path)
+    for path in args.audio or []:
+        session.attach("audio", path)
+    write("omnilm chat: type a message; /help for commands, /quit to leave\n")
+    run_repl(session, _input_lines(), write)
+
+
+def _input_lines():
+    """Lines typed at the terminal until end of input (Ctrl-D)."""
+    while True:
+        try:
+            yield input("> ")
+        except EOFError:
+            print()
+            return
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,6 +174,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("app", help="the web app alone (image, microphone and text chat)")
     _add_serving_options(p, port=7860)
     p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser("chat", help="talk to a trained model: one question, or a conversation when none is given")
+    p.add_argument("question", nargs="?", help="ask once and exit; without it, start an interactive chat")
+    p.add_argument("--model", required=True, help="a training run folder or an export folder")
+    p.add_argument("--image", action="append", metavar="PATH", help="image for the (first) message; repeatable")
+    p.add_argument("--audio", action="append", metavar="PATH", help="audio file for the (first) message; repeatable")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--stop", action="append", metavar="TEXT", help="end the answer before this text; repeatable")
+    p.add_argument("--seed", type=int, help="make sampling reproducible")
+    p.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: where the weights load)")
+    p.set_defaults(func=cmd_chat)
     return parser
 
 

@@ -1,0 +1,59 @@
+"""Start-up for `omnilm serve` and `omnilm app`: load the model once, start the engine, run."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omnilm.errors import MissingDependency, OmniError
+from omnilm.serve.api import ServerState, create_app
+from omnilm.serve.engine import Engine
+from omnilm.serve.limits import Limits
+
+log = logging.getLogger(__name__)
+
+
+def load_state(model_dir: str, *, model_name: str | None = None, api_key: str | None = None,
+               limits: Limits | None = None, device: str | None = None, audio_route: str | None = None,
+               transcriber: str | None = None, transcriber_backend: str | None = None) -> ServerState:
+    """Load the model once (audio route and transcriber may override its recipe) and start the engine."""
+    from omnilm.config import TranscriberConfig
+    from omnilm.model.build import load_pretrained
+
+    if transcriber_backend and not transcriber:
+        raise OmniError("--transcriber-backend needs --transcriber (a Whisper folder, hub id or zoo:whisper-tiny.en)")
+    config = None
+    if transcriber:
+        backend = transcriber_backend or ("ctranslate2" if transcriber.startswith("zoo:") else "transformers")
+        config = TranscriberConfig(backend=backend, name_or_path=transcriber)
+    model = load_pretrained(model_dir, device=device, audio_route=audio_route, transcriber=config)
+    engine = Engine(model, limits or Limits()).start()
+    name = model_name or Path(model_dir).resolve().name
+    log.info("serving %s as %r (audio route: %s)", model_dir, name, model.processor.audio_route)
+    return ServerState(engine, name, api_key)
+
+
+def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, ui: bool = True) -> None:
+    uvicorn = _require("uvicorn")
+    app = create_app(state, ui=ui)
+    where = f"http://{host}:{port}"
+    log.info("OpenAI-compatible API at %s/v1%s", where, f"; web app at {where}/ui" if ui else "")
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        state.engine.close()
+
+
+def run_app(state: ServerState, host: str = "127.0.0.1", port: int = 7860) -> None:
+    from omnilm.serve.webui import launch
+
+    try:
+        launch(state, host, port)
+    finally:
+        state.engine.close()
+
+
+def _require(name: str):
+    try:
+        return __import__(name)
+    except ImportError:
+        raise MissingDependency(f"serving needs {name}: pip install 'omnilm[serve]'") from None
