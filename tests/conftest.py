@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see omnilm/cli.py
 
-from omnilm.config import load_recipe
-from omnilm.data.fixtures import make_all
+import pytest  # noqa: E402
+
+from omnilm.config import load_recipe  # noqa: E402
+from omnilm.data.fixtures import make_all  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -71,5 +71,6 @@ def test_cli_prints_one_line_errors(tmp_path, capsys):
     assert main(["train", str(CONFIGS / "tiny-stage1.yaml"), "--train.batch_size=many"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "omnilm: error: train.batch_size: expected int, got str 'many'"
-    assert main(["train", str(CONFIGS / "tiny-stage1.yaml"), "--data.path=" + str(tmp_path / "x.json")]) == 2
+    assert main(["train", str(CONFIGS / "tiny-stage1.yaml"), "--data.path=" + str(tmp_path / "x.json"),
+                 "--train.output_dir=" + str(tmp_path / "run")]) == 2
     assert "data.path: file not found" in capsys.readouterr().err

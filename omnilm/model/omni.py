@@ -1,9 +1,13 @@
 """OmniLM: any causal LM + frozen media encoders + trainable projectors, composed not inherited."""
 from __future__ import annotations
 
+import inspect
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from omnilm.data.chat import IGNORE
 from omnilm.data.sample import PLACEHOLDER_IDS
 from omnilm.errors import PlaceholderMismatch
 
@@ -65,7 +69,26 @@ class OmniLM(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, labels=None, media=None, features=None, **llm_kwargs):
         embeds = self.embed(input_ids, media, features)  # [B, T, D]
+        if labels is not None and self._keeps_logits():
+            return self._loss_where_learned(embeds, attention_mask, labels, **llm_kwargs)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
+
+    def _loss_where_learned(self, embeds, attention_mask, labels, **llm_kwargs):
+        """The same mean token loss as the LLM's own, with the LM head applied only at positions
+        that predict a learned token. With short answers after long prompts (and a large
+        vocabulary) most logits would be computed only to be ignored: on easy-VQA with SmolLM2
+        (49k vocabulary, 2 learned tokens of ~20) this cut a training step by about a fifth."""
+        targets = labels[:, 1:]  # [B, T-1]: position t predicts token t+1
+        keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # [K] positions any row learns at
+        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, **llm_kwargs)
+        logits = out.logits  # [B, K, V]
+        out.loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=IGNORE)
+        return out
+
+    def _keeps_logits(self) -> bool:
+        """Whether the LLM takes `logits_to_keep` as positions (most transformers causal LMs do)."""
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        return "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, media=None, features=None, **generate_kwargs):
