@@ -251,6 +251,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_libraries() -> None:
+    """Our own progress bars say what is happening; per-file weight-loading bars and library
+    deprecation notices only bury them (-v shows everything)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -266,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{known.command} takes no recipe overrides: {' '.join(dotted)}")
     logging.basicConfig(level=logging.DEBUG if known.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not known.verbose:
+        _quiet_libraries()
     try:
         known.func(known)
     except OmniError as err:
