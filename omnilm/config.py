@@ -31,6 +31,7 @@ class EncoderConfig:
     layer: int = -1  # which hidden state to take (-1 = last, -2 = LLaVA's choice)
     drop_cls: bool = True  # drop the CLS token (CLIP); ignored by encoders without one
     image_size: Optional[int] = None  # override the processor's input size
+    pool_grid: Optional[int] = None  # efficientnet_lite0: average-pool the feature grid to N x N tokens
     stack_frames: int = 8  # audio: consecutive encoder frames stacked into one token
     max_seconds: float = 120.0  # audio: longer inputs are rejected
     end_token_id: Optional[int] = None  # token appended after each item's features (seed: 23893)
@@ -248,6 +249,8 @@ def validate(recipe: Recipe) -> None:
             raise ConfigError(f"model.{name}: set name_or_path (pretrained) or random_config (random init)")
         if enc is not None and enc.stack_frames < 1:
             raise ConfigError(f"model.{name}.stack_frames: must be at least 1")
+        if enc is not None and enc.pool_grid is not None and (enc.type != "efficientnet_lite0" or enc.pool_grid < 1):
+            raise ConfigError(f"model.{name}.pool_grid: a positive grid size, for efficientnet_lite0 encoders only")
 
 
 _NEEDS_SOURCE = ("clip", "whisper")

@@ -100,4 +100,5 @@ def _truncate(path: Path, rows: int) -> None:
 def encoder_identity(enc_cfg) -> dict:
     """What decides the features: a cache made by anything else is stale."""
     return {"type": enc_cfg.type, "name_or_path": enc_cfg.name_or_path, "random_config": enc_cfg.random_config,
-            "layer": enc_cfg.layer, "drop_cls": enc_cfg.drop_cls, "image_size": enc_cfg.image_size}
+            "layer": enc_cfg.layer, "drop_cls": enc_cfg.drop_cls, "image_size": enc_cfg.image_size,
+            **({"pool_grid": enc_cfg.pool_grid} if enc_cfg.pool_grid else {})}  # old caches stay valid

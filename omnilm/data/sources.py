@@ -192,10 +192,70 @@ def asr_manifest(cfg: DataConfig) -> Loaded:
     return rows.out
 
 
-def _easyvqa(cfg: DataConfig) -> Loaded:
-    from omnilm.data.easyvqa_source import easyvqa_samples
+EASYVQA_OPTIONS = {"split", "sample", "seed", "task", "spoken", "speech_dir", "image"}
+# The alignment task: the model writes out the spoken question (no image).
+TRANSCRIBE_TEMPLATE = "Question: " + AUDIO_TOKEN + "\nThe question in words:"
 
-    return easyvqa_samples(cfg)
+
+def easyvqa(cfg: DataConfig) -> Loaded:
+    """The easy-VQA package's questions (no data.path needed). data.options:
+    split (train | test), sample (a fixed random subset of N questions, seeded by `seed`),
+    task (vqa | transcribe: write out the spoken question), spoken (an espeak-ng voice, or a
+    list of voices used in turn, to ask the question aloud), speech_dir (where the spoken
+    clips are cached), image (false = the question alone, for a blind baseline)."""
+    from omnilm.data import easyvqa as ev
+
+    opts = dict(cfg.options)
+    unknown = sorted(set(opts) - EASYVQA_OPTIONS)
+    if unknown:
+        raise ConfigError(f"data.options.{unknown[0]}: unknown easy-VQA option; valid: {', '.join(sorted(EASYVQA_OPTIONS))}")
+    task, use_image = opts.get("task", "vqa"), opts.get("image", True)
+    if task not in ("vqa", "transcribe"):
+        raise ConfigError(f"data.options.task: {task!r} is not one of vqa, transcribe")
+    items = _easyvqa_subset(ev.load_easyvqa(opts.get("split", "train")), opts.get("sample"), opts.get("seed", 0))
+    audios = _easyvqa_speech(items, opts) if opts.get("spoken") else [None] * len(items)
+    if task == "transcribe" and audios[0] is None:
+        raise ConfigError("data.options.task=transcribe needs data.options.spoken (a voice)")
+    rows = RowCollector(cfg)
+    for item, audio in zip(items, audios):
+        def make(item=item, audio=audio):
+            if task == "transcribe":
+                return Sample([Message("user", TRANSCRIBE_TEMPLATE), Message("assistant", item.question)],
+                              audios=[audio], id=item.id, meta={"qtype": item.qtype, "question": item.question})
+            sample = ev.to_sample(item, spoken_audio=audio)
+            if not use_image:  # blind: same prompt with the image marker removed
+                sample.messages[0].content = sample.messages[0].content.replace(IMAGE_TOKEN + "\n", "")
+                sample.images = []
+            return sample
+
+        rows.add(f"easy-VQA {item.id}", make)
+    return rows.out
+
+
+def _easyvqa_subset(items: list, sample: int | None, seed: int) -> list:
+    if sample is None or sample >= len(items):
+        return items
+    import random
+
+    chosen = sorted(random.Random(seed).sample(range(len(items)), sample))
+    return [items[i] for i in chosen]
+
+
+def _easyvqa_speech(items: list, opts: dict) -> list:
+    """One cached espeak-ng clip per question; with several voices, question i uses voice i mod n."""
+    from omnilm.data.speech import synthesize
+    from omnilm.zoo.cache import cache_dir
+
+    voices = opts["spoken"] if isinstance(opts["spoken"], list) else [opts["spoken"]]
+    folder = Path(opts.get("speech_dir") or cache_dir() / "easyvqa-speech")
+    by_voice: dict[str, list[str]] = {}
+    for i, item in enumerate(items):
+        by_voice.setdefault(voices[i % len(voices)], []).append(item.question)
+    paths = {}
+    for voice, questions in by_voice.items():
+        unique = list(dict.fromkeys(questions))  # 107 distinct questions in all of easy-VQA
+        paths.update({(voice, q): p for q, p in zip(unique, synthesize(unique, voice, folder, progress=False))})
+    return [str(paths[(voices[i % len(voices)], item.question)]) for i, item in enumerate(items)]
 
 
 SOURCES = {
@@ -203,7 +263,7 @@ SOURCES = {
     "llava": llava_instruct,
     "jsonl": jsonl_messages,
     "asr": asr_manifest,
-    "easyvqa": _easyvqa,
+    "easyvqa": easyvqa,
 }
 
 
