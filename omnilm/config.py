@@ -21,6 +21,7 @@ from omnilm.errors import ConfigError
 class ProjectorConfig:
     type: str = "resblock"  # registry name: resblock | mlp2x_gelu | linear | mlp
     hidden_size: Optional[int] = None  # inner width for mlp types; default = LLM width
+    tokens_per_feature: int = 1  # LLM tokens made from each encoder feature vector
 
 
 @dataclass

@@ -85,3 +85,17 @@ def test_loss_falls_when_overfitting_one_batch(tiny_data, tmp_path):
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_projector_can_expand_each_feature_into_several_tokens(tiny_data, tmp_path):
+    recipe = tiny_recipe(tiny_data, tmp_path, model={"image": {"projector": {"type": "mlp2x_gelu",
+                                                                             "tokens_per_feature": 3}}})
+    model = build_model(recipe)
+    sample = Sample([Message("user", "<image>"), Message("assistant", "x")], images=images(tiny_data, 1))
+    batch = batch_of(model, [sample])
+    assert int((batch.input_ids == PLACEHOLDER_IDS["image"]).sum()) == 16 * 3
+    embeds = model.embed(batch.input_ids, batch.media)
+    with torch.no_grad():
+        feats = torch.cat(model.encoders["image"](batch.media["image"]))  # [16, 32]
+        expected = model.projectors["image"].inner(feats).reshape(48, -1)  # 3 tokens per feature, in order
+    torch.testing.assert_close(embeds[batch.input_ids == PLACEHOLDER_IDS["image"]], expected)

@@ -26,7 +26,7 @@ class Encoded:
 class Processor:
     def __init__(self, tokenizer, template: str, encoders: dict, end_token_ids: dict, max_length: int,
                  system: str | None = None, audio_max_seconds: float = 120.0, audio_route: str = "auto",
-                 transcriber_config=None):
+                 transcriber_config=None, tokens_per_feature: dict | None = None):
         self.tokenizer = tokenizer
         self.template_name = template
         self.template = get_template(template)
@@ -36,6 +36,7 @@ class Processor:
         self.system = system
         self.audio_max_seconds = audio_max_seconds
         self.transcriber_config = transcriber_config
+        self.tokens_per_feature = tokens_per_feature or {}  # projectors that expand each feature
         self._transcriber = None  # loaded on first use: a Whisper model is not small
         if audio_route == "auto":
             audio_route = "native" if "audio" in encoders else "transcribe" if transcriber_config else "none"
@@ -48,8 +49,9 @@ class Processor:
         model = recipe.model
         ends = {m: getattr(model, m).end_token_id for m in ("image", "audio") if getattr(model, m) is not None}
         audio_max = model.audio.max_seconds if model.audio is not None else 120.0
+        expand = {m: getattr(model, m).projector.tokens_per_feature for m in ends}
         return cls(tokenizer, recipe.data.template, encoders, ends, recipe.data.max_length,
-                   recipe.data.system, audio_max, model.audio_route, model.transcriber)
+                   recipe.data.system, audio_max, model.audio_route, model.transcriber, expand)
 
     def load_media(self, sample: Sample, features: dict | None = None) -> tuple[dict, dict]:
         """Read and preprocess each media item unless its encoder features are given."""
@@ -78,7 +80,7 @@ class Processor:
     def token_counts(self, media: dict, features: dict) -> dict[str, list[int]]:
         counts = {m: [self.encoders[m].num_tokens(x) for x in xs] for m, xs in media.items()}
         counts.update({m: [int(f.shape[0]) for f in fs] for m, fs in features.items()})
-        return counts
+        return {m: [n * self.tokens_per_feature.get(m, 1) for n in ns] for m, ns in counts.items()}
 
     def transcriber(self):
         if self._transcriber is None:

@@ -151,7 +151,8 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
         encoders[modality] = encoder
         torch.manual_seed(recipe.model.seed)
         projectors[modality] = build_projector(
-            enc_cfg.projector.type, encoder.hidden_size, d_llm, enc_cfg.projector.hidden_size
+            enc_cfg.projector.type, encoder.hidden_size, d_llm, enc_cfg.projector.hidden_size,
+            enc_cfg.projector.tokens_per_feature,
         )
     model = OmniLM(llm, encoders, projectors)
     if device is not None:

@@ -32,7 +32,23 @@ def linear(d_in: int, d_out: int, hidden: int | None = None) -> nn.Module:
 PROJECTORS = {"resblock": ResBlockProjector, "mlp2x_gelu": mlp2x_gelu, "mlp": mlp2x_gelu, "linear": linear}
 
 
-def build_projector(kind: str, d_in: int, d_out: int, hidden: int | None = None) -> nn.Module:
+class Expand(nn.Module):
+    """Several LLM tokens from each feature vector: [N, d_in] -> [N * k, d_out]. A pooled image
+    vector gives the LLM k separate slots to read (e.g. colour in one, shape in another)."""
+
+    def __init__(self, inner: nn.Module, tokens: int, d_out: int):
+        super().__init__()
+        self.inner, self.tokens, self.d_out = inner, tokens, d_out
+
+    def forward(self, x):  # [N, d_in]
+        return self.inner(x).reshape(-1, self.d_out)  # [N * k, d_out]
+
+
+def build_projector(kind: str, d_in: int, d_out: int, hidden: int | None = None, tokens: int = 1) -> nn.Module:
     if kind not in PROJECTORS:
         raise ConfigError(f"unknown projector type {kind!r}; choose one of {', '.join(PROJECTORS)}")
-    return PROJECTORS[kind](d_in, d_out, hidden)
+    if tokens < 1:
+        raise ConfigError(f"projector tokens_per_feature must be at least 1, got {tokens}")
+    if tokens == 1:
+        return PROJECTORS[kind](d_in, d_out, hidden)
+    return Expand(PROJECTORS[kind](d_in, d_out * tokens, hidden), tokens, d_out)
