@@ -44,13 +44,16 @@ class ChatSession:
     def ask(self, text: str, images: Iterable = (), audios: Iterable = ()) -> Iterator[str]:
         """Stream the answer to `text`; the turn joins the history once the answer is complete.
 
-        Media attached before (attach) or given here go with this message, markers first
-        (LLaVA's layout). A failed turn leaves the history as it was and drops those media.
+        Media attached before (attach) or given here go with this message: where `text` has no
+        marker of its own for an item, one is put first (LLaVA's layout). A failed turn leaves
+        the history as it was and drops those media.
         """
         images = self.pending_images + list(images)
         audios = self.pending_audios + list(audios)
         self.pending_images, self.pending_audios = [], []
-        user = Message("user", f"{IMAGE_TOKEN}\n" * len(images) + f"{AUDIO_TOKEN}\n" * len(audios) + text)
+        missing_images = max(len(images) - text.count(IMAGE_TOKEN), 0)
+        missing_audios = max(len(audios) - text.count(AUDIO_TOKEN), 0)
+        user = Message("user", f"{IMAGE_TOKEN}\n" * missing_images + f"{AUDIO_TOKEN}\n" * missing_audios + text)
         sample = Sample(self.messages + [user], images=self.images + images, audios=self.audios + audios)
         self.last_sample = sample
         pieces = []

@@ -111,6 +111,10 @@ def _add_serving_options(p, port: int) -> None:
     p.add_argument("--max-body-mb", type=int, default=20, help="largest request body, base64 media included")
     p.add_argument("--max-image-pixels", type=int, default=16_000_000, help="refuse larger images")
     p.add_argument("--max-audio-seconds", type=float, default=60.0, help="refuse longer audio")
+    _add_audio_route_options(p)
+
+
+def _add_audio_route_options(p) -> None:
     p.add_argument("--audio-route", choices=["auto", "native", "transcribe"],
                    help="how audio reaches the model (default: the model's recipe)")
     p.add_argument("--transcriber", help="Whisper for the transcription route: folder, hub id or zoo:whisper-tiny.en")
@@ -143,7 +147,11 @@ def cmd_chat(args) -> None:
     missing = [p for p in (args.image or []) + (args.audio or []) if not Path(p).is_file()]
     if missing:
         raise MediaError(f"file not found: {missing[0]}")
-    session = ChatSession(load_pretrained(args.model, device=args.device), config, system=args.system)
+    from omnilm.config import transcriber_config
+
+    model = load_pretrained(args.model, device=args.device, audio_route=args.audio_route,
+                            transcriber=transcriber_config(args.transcriber, args.transcriber_backend))
+    session = ChatSession(model, config, system=args.system)
 
     def write(text: str) -> None:  # flushed per piece: the answer appears as it is generated
         sys.stdout.write(text)
@@ -226,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", metavar="TEXT", help="end the answer before this text; repeatable")
     p.add_argument("--seed", type=int, help="make sampling reproducible")
     p.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: where the weights load)")
+    _add_audio_route_options(p)
     p.set_defaults(func=cmd_chat)
     p = sub.add_parser("eval", help="score a trained model on a data set (VQA accuracy, BLEU-4/CIDEr, WER)")
     p.add_argument("--model", required=True, help="a trained run or export folder")

@@ -65,6 +65,16 @@ class TranscriberConfig:
     language: Optional[str] = None
 
 
+def transcriber_config(name_or_path: str | None, backend: str | None = None) -> Optional[TranscriberConfig]:
+    """A transcriber named on a command line; zoo: models are CTranslate2 folders."""
+    if backend and not name_or_path:
+        raise ConfigError("--transcriber-backend needs --transcriber (a Whisper folder, hub id or zoo:whisper-tiny.en)")
+    if not name_or_path:
+        return None
+    return TranscriberConfig(backend=backend or ("ctranslate2" if name_or_path.startswith("zoo:") else "transformers"),
+                             name_or_path=name_or_path)
+
+
 @dataclass
 class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)

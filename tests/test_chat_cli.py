@@ -107,3 +107,23 @@ def test_repl_turn_error_keeps_history(model, tmp_path):
     assert "error:" in "".join(out) and "audio" in "".join(out)
     assert [m.content for m in session.messages if m.role == "user"] == ["plain text"]  # the failed turn left no trace
     assert session.audios == []
+
+
+def test_one_shot_transcription_route_from_the_command_line(run, tmp_path, capsys):
+    """`--audio-route transcribe`: Whisper's transcript takes the marker's place in the prompt."""
+    from omnilm.config import TranscriberConfig
+    from omnilm.data.speech import TRAIN_VOICE, synthesize
+
+    run_dir, image = run
+    wav = synthesize(["What colour is the shape?"], TRAIN_VOICE, tmp_path, progress=False)[0]
+    code = main(["chat", "--model", str(run_dir), "--image", str(image), "--audio", str(wav),
+                 "--audio-route", "transcribe", "--transcriber", "zoo:whisper-tiny.en", "--max-new-tokens", "8",
+                 "Question: <audio>\nAnswer:"])
+    assert code == 0
+    voiced = load_pretrained(run_dir, audio_route="transcribe",
+                             transcriber=TranscriberConfig("ctranslate2", "zoo:whisper-tiny.en"))
+    sample = Sample([Message("user", "<image>\nQuestion: <audio>\nAnswer:")], images=[str(image)], audios=[str(wav)])
+    heard = voiced.processor(sample, generation_prompt=True).transcripts[0]
+    assert "colo" in heard.lower() and "shape" in heard.lower()
+    expected = generate(voiced, [sample], GenerationConfig(max_new_tokens=8))[0].text
+    assert capsys.readouterr().out == expected + "\n"

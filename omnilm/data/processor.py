@@ -97,6 +97,10 @@ class Processor:
 
     def transcribe(self, sample: Sample) -> tuple[Sample, list[str]]:
         """The transcription route: each <audio> marker becomes the text Whisper heard."""
+        markers = sum(len(MARKER_AUDIO.findall(m.content)) for m in sample.messages)
+        if markers != len(sample.audios):
+            raise DataError(f"sample {sample.id or '?'}: {len(sample.audios)} audio inputs but {markers} "
+                            f"{AUDIO_TOKEN} markers in the text")
         waves = [self._read("audio", a) for a in sample.audios]
         texts = self.transcriber().transcribe_many(waves)
         queue = iter(texts)

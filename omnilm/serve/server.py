@@ -16,16 +16,11 @@ def load_state(model_dir: str, *, model_name: str | None = None, api_key: str | 
                limits: Limits | None = None, device: str | None = None, audio_route: str | None = None,
                transcriber: str | None = None, transcriber_backend: str | None = None) -> ServerState:
     """Load the model once (audio route and transcriber may override its recipe) and start the engine."""
-    from omnilm.config import TranscriberConfig
+    from omnilm.config import transcriber_config
     from omnilm.model.build import load_pretrained
 
-    if transcriber_backend and not transcriber:
-        raise OmniError("--transcriber-backend needs --transcriber (a Whisper folder, hub id or zoo:whisper-tiny.en)")
-    config = None
-    if transcriber:
-        backend = transcriber_backend or ("ctranslate2" if transcriber.startswith("zoo:") else "transformers")
-        config = TranscriberConfig(backend=backend, name_or_path=transcriber)
-    model = load_pretrained(model_dir, device=device, audio_route=audio_route, transcriber=config)
+    model = load_pretrained(model_dir, device=device, audio_route=audio_route,
+                            transcriber=transcriber_config(transcriber, transcriber_backend))
     engine = Engine(model, limits or Limits()).start()
     name = model_name or Path(model_dir).resolve().name
     log.info("serving %s as %r (audio route: %s)", model_dir, name, model.processor.audio_route)
