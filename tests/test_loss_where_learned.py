@@ -12,7 +12,7 @@ def test_loss_equals_the_full_logits_loss(tiny_data, tmp_path):
     model = build_model(recipe)
     samples = load_samples(recipe.data).samples[:5]
     inputs = collate([model.processor(s) for s in samples], model.processor.tokenizer.pad_token_id).model_inputs()
-    assert model._keeps_logits()
+    assert model.keeps_logits
     loss = model(**inputs).loss
     labels = inputs.pop("labels")
     embeds = model.embed(inputs["input_ids"], inputs["media"], inputs["features"])

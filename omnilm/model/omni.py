@@ -19,6 +19,10 @@ class OmniLM(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.projectors = nn.ModuleDict(projectors)
         self.processor = None  # attached by the builder: tokenizer + template + media preprocessing
+        base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+        # Whether the LLM takes `logits_to_keep` as positions (most transformers causal LMs do);
+        # decided once here rather than by inspecting a signature on every training step.
+        self.keeps_logits = "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
     def train(self, mode: bool = True):
         """Frozen encoders stay in eval mode: no dropout, and BatchNorm keeps its statistics."""
@@ -69,7 +73,7 @@ class OmniLM(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, labels=None, media=None, features=None, **llm_kwargs):
         embeds = self.embed(input_ids, media, features)  # [B, T, D]
-        if labels is not None and self._keeps_logits():
+        if labels is not None and self.keeps_logits:
             return self._loss_where_learned(embeds, attention_mask, labels, **llm_kwargs)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
@@ -85,10 +89,6 @@ class OmniLM(nn.Module):
         out.loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=IGNORE)
         return out
 
-    def _keeps_logits(self) -> bool:
-        """Whether the LLM takes `logits_to_keep` as positions (most transformers causal LMs do)."""
-        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
-        return "logits_to_keep" in inspect.signature(type(base).forward).parameters
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, media=None, features=None, **generate_kwargs):

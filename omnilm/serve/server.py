@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omnilm.errors import MissingDependency, OmniError
+from omnilm.errors import MissingDependency
 from omnilm.serve.api import ServerState, create_app
 from omnilm.serve.engine import Engine
 from omnilm.serve.limits import Limits

@@ -28,7 +28,7 @@ from omnilm.data.feature_cache import FeatureCache, encoder_identity
 from omnilm.data.sources import load_samples
 from omnilm.errors import ConfigError
 from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
-from omnilm.model.checkpoint import (WEIGHTS, checkpoint_dirs, load_trained_weights, save_trained_weights)
+from omnilm.model.checkpoint import checkpoint_dirs, load_trained_weights, save_trained_weights
 from omnilm.train.plot import plot_metrics
 from omnilm.train.stages import apply_stage, component_of
 
@@ -229,4 +229,4 @@ def _restore(ckpt: Path, model, optimizer, scheduler) -> TrainState:
     return TrainState(**json.loads((ckpt / "state.json").read_text()))
 
 
-__all__ = ["train", "TrainState", "RunResult", "WEIGHTS"]
+__all__ = ["train", "TrainState", "RunResult"]
