@@ -45,15 +45,14 @@ class ChatSession:
         """Stream the answer to `text`; the turn joins the history once the answer is complete.
 
         Media attached before (attach) or given here go with this message: where `text` has no
-        marker of its own for an item, one is put first (LLaVA's layout). A failed turn leaves
+        marker of its own for an item, one is put first, a line each (LLaVA's layout, and the
+        same text `omnilm serve` builds from an image and a question). A failed turn leaves
         the history as it was and drops those media.
         """
         images = self.pending_images + list(images)
         audios = self.pending_audios + list(audios)
         self.pending_images, self.pending_audios = [], []
-        missing_images = max(len(images) - text.count(IMAGE_TOKEN), 0)
-        missing_audios = max(len(audios) - text.count(AUDIO_TOKEN), 0)
-        user = Message("user", f"{IMAGE_TOKEN}\n" * missing_images + f"{AUDIO_TOKEN}\n" * missing_audios + text)
+        user = Message("user", with_markers(text, len(images), len(audios)))
         sample = Sample(self.messages + [user], images=self.images + images, audios=self.audios + audios)
         self.last_sample = sample
         pieces = []
@@ -65,6 +64,13 @@ class ChatSession:
         self.messages += [user, Message("assistant", "".join(pieces).strip())]
         self.images += images
         self.audios += audios
+
+
+def with_markers(text: str, images: int, audios: int) -> str:
+    """`text` with a marker line put first for each image and audio it does not mark itself."""
+    missing_images = max(images - text.count(IMAGE_TOKEN), 0)
+    missing_audios = max(audios - text.count(AUDIO_TOKEN), 0)
+    return "\n".join([IMAGE_TOKEN] * missing_images + [AUDIO_TOKEN] * missing_audios + ([text] if text else []))
 
 
 def run_repl(session: ChatSession, lines: Iterable[str], write: Callable[[str], object]) -> None:

@@ -8,7 +8,8 @@ and step counts filled in, then evaluates on test questions never seen in traini
 
   1. build     convert the offline weights once (cached under ~/.cache/omnilm)
   2. features  EfficientNet-Lite0 features of the 4,000 training images, computed once
-  3. stage1    image projector (frozen LLM)            quickstart-stage1.yaml
+  3. stage1    image projector (frozen LLM) learns to  quickstart-stage1.yaml
+               describe each image ("blue rectangle")
   4. stage2    LoRA on every linear layer + projector   quickstart-stage2.yaml
   5. typed     accuracy on typed test questions, beside the majority and blind baselines
   6. speech    espeak-ng clips of every question (training voices and a held-out test voice)
@@ -51,11 +52,13 @@ class Plan:
     spoken: int
     questions: int
     train_questions: int | None = None  # the first N training questions (None: all 38,575)
+    train_images: int | None = None  # stage 1 describes the first N images (None: all 3,542 it can)
 
 
-FULL = Plan(stage1=60, stage2=160, audio_align=100, spoken=120, questions=1000)
+FULL = Plan(stage1=80, stage2=160, audio_align=80, spoken=100, questions=1000)
 # The first 12,000 questions cover 1,240 of the 4,000 training images: fewer features to cache.
-FAST = Plan(stage1=20, stage2=60, audio_align=30, spoken=30, questions=300, train_questions=12_000)
+FAST = Plan(stage1=20, stage2=60, audio_align=30, spoken=30, questions=300, train_questions=12_000,
+            train_images=1_000)
 
 
 class Phases:
@@ -125,21 +128,23 @@ def build_parts(audio: bool) -> dict:
     return parts
 
 
-def cache_image_features(recipe) -> None:
-    """The frozen image encoder run once over the training images (reused when it covers them)."""
+def cache_image_features(*recipes) -> None:
+    """The frozen image encoder run once over every training image of these stages (reused when
+    the cache already covers them). The stages share one encoder and one cache folder."""
     from omnilm.data.feature_cache import FeatureCache, encoder_identity
     from omnilm.data.sources import load_samples
     from omnilm.train.cache import cache_features
 
+    recipe = recipes[0]
     try:
         cache = FeatureCache.open(recipe.data.feature_cache, encoder_identity(recipe.model.image))
     except OmniError:  # absent, or made by another encoder
         cache = None
-    needed = {str(p) for s in load_samples(recipe.data).samples for p in s.images}
-    if cache is not None and needed <= set(cache.index):
+    needed = sorted({str(p) for r in recipes for s in load_samples(r.data).samples for p in s.images})
+    if cache is not None and set(needed) <= set(cache.index):
         print(f"  reusing {len(cache)} cached image features in {cache.folder}")
         return
-    cache_features(recipe)
+    cache_features(recipe, images=needed)
 
 
 def train_stage(recipe) -> Path:
@@ -326,10 +331,10 @@ def run_quickstart(out: str | Path = "runs/quickstart", fast: bool = False, skip
                      "plan": asdict(plan) | {"questions": questions}, "stages": {}}
 
     phases.run("build", build_parts, audio)
-    stage1 = stage_recipe("stage1", out, plan.stage1, limit=plan.train_questions)
-    phases.run("features", cache_image_features, stage1)
-    results["stages"]["stage1"] = str(phases.run("stage1", train_stage, stage1))
+    stage1 = stage_recipe("stage1", out, plan.stage1, limit=plan.train_images)
     stage2 = stage_recipe("stage2", out, plan.stage2, out / "stage1", plan.train_questions)
+    phases.run("features", cache_image_features, stage1, stage2)
+    results["stages"]["stage1"] = str(phases.run("stage1", train_stage, stage1))
     results["stages"]["stage2"] = str(phases.run("stage2", train_stage, stage2))
     typed_samples = test_samples(questions)
     results["typed"] = phases.run("typed eval", evaluate_run, out / "stage2", typed_samples, "typed questions")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from omnilm.chat import ChatSession, run_repl
+from omnilm.chat import ChatSession, run_repl, with_markers
 from omnilm.cli import main
 from omnilm.data.sample import Message, Sample
 from omnilm.generate import GenerationConfig, generate
@@ -59,6 +59,20 @@ def test_bad_options_fail_with_one_line(run, capsys):
     assert "temperature" in capsys.readouterr().err
     assert main(["chat", "--model", str(run[0]), "--image", "no-such.png", "hi"]) == 2
     assert "file not found: no-such.png" in capsys.readouterr().err
+
+
+def test_chat_lays_out_media_as_the_server_does():
+    """A model trained on "<image>\nquestion" (the quickstart) reads the same text from both."""
+    import numpy as np
+    from PIL import Image
+
+    from omnilm.serve.protocol import AudioClip, Turn, to_sample
+
+    image, clip = Image.new("RGB", (8, 8)), AudioClip(np.zeros(160, dtype=np.float32))
+    for parts, text, n_img, n_aud in [([image, "what color is the shape?"], "what color is the shape?", 1, 0),
+                                      ([image, clip], "", 1, 1), ([clip, "Answer it."], "Answer it.", 0, 1)]:
+        assert with_markers(text, n_img, n_aud) == to_sample([Turn("user", parts)]).messages[0].content
+    assert with_markers("<image> then text", 1, 0) == "<image> then text"  # a marked item keeps its place
 
 
 def test_repl_keeps_history_and_media(model, run):

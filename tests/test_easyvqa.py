@@ -78,7 +78,7 @@ def _item():
 def test_to_sample_typed_question():
     s = easyvqa.to_sample(_item())
     assert [m.role for m in s.messages] == ["user", "assistant"]
-    assert s.messages[0].content == "<image>\nQuestion: what color is the shape?\nAnswer:"
+    assert s.messages[0].content == "<image>\nwhat color is the shape?"
     assert s.messages[1].content == "blue"
     assert s.images == [Path("img/3.png")] and s.audios == []
     assert s.id == "test-7" and s.meta["qtype"] == "color"
@@ -86,7 +86,7 @@ def test_to_sample_typed_question():
 
 def test_to_sample_spoken_question():
     s = easyvqa.to_sample(_item(), spoken_audio="speech/abc.wav")
-    assert s.messages[0].content == "<image>\nQuestion: <audio>\nAnswer:"
+    assert s.messages[0].content == "<image>\n<audio>"
     assert "what color" not in s.messages[0].content  # the model must listen, not read
     assert s.audios == [Path("speech/abc.wav")]
     assert s.meta["question"] == "what color is the shape?"  # kept for alignment targets
@@ -112,3 +112,27 @@ def test_missing_package_names_install_command(monkeypatch):
 def test_unknown_split():
     with pytest.raises(ValueError, match="split"):
         easyvqa.load_easyvqa("validation")
+
+
+@needs_easyvqa
+def test_image_descriptions_agree_with_every_answer(train_rows):
+    """Each "red circle" answers all the questions asked of its image, yes/no ones included."""
+    import re
+
+    described = easyvqa.image_descriptions(train_rows)
+    assert len(described) > 0.85 * 4_000  # most images have questions naming both colour and shape
+    checked = 0
+    for it in train_rows:
+        if it.image not in described:
+            continue
+        color, shape = described[it.image].split()
+        if it.qtype != "yes/no":
+            expected = color if it.qtype == "color" else shape
+        else:
+            words = set(re.findall(r"\w+", it.question))
+            holds = all(w == color for w in words & easyvqa.COLOR_ANSWERS) and all(
+                w == shape for w in words & easyvqa.SHAPE_ANSWERS)
+            expected = "yes" if holds != bool(words & {"not", "no"}) else "no"
+        assert expected == it.answer, (it.question, described[it.image], it.answer)
+        checked += 1
+    assert checked > 30_000

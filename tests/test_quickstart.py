@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from omnilm.config import DataConfig
+from omnilm.data.easyvqa import COLOR_ANSWERS, SHAPE_ANSWERS
 from omnilm.data.sources import load_samples
 from omnilm.errors import ConfigError
 
@@ -32,7 +33,7 @@ def test_easyvqa_source_typed_blind_and_sampled():
     assert len(first) == 50 and first == easyvqa(split="test", sample=50, seed=0)  # a fixed sample
     assert {s.id for s in first} != {s.id for s in easyvqa(split="test", sample=50, seed=1)}
     sample = first[0]
-    assert sample.messages[0].content.startswith("<image>\nQuestion: ")
+    assert sample.messages[0].content == "<image>\n" + sample.meta["question"]
     assert sample.messages[1].content == sample.meta["answer"] and len(sample.images) == 1
     blind = easyvqa(split="test", sample=50, seed=0, image=False)[0]
     assert blind.images == [] and "<image>" not in blind.messages[0].content
@@ -43,7 +44,7 @@ def test_easyvqa_source_spoken_and_transcribe(tmp_path):
     require(["easy_vqa"], ["espeak-ng"])
     voices = ["en-us", "en-us+f2"]
     spoken = easyvqa(split="train", sample=6, spoken=voices, speech_dir=str(tmp_path))
-    assert all(s.messages[0].content == "<image>\nQuestion: <audio>\nAnswer:" for s in spoken)
+    assert all(s.messages[0].content == "<image>\n<audio>" for s in spoken)
     assert all(p.endswith(".wav") and (tmp_path / p.split("/")[-1]).is_file() for s in spoken for p in map(str, s.audios))
     assert spoken[0].audios != spoken[1].audios  # voices are used in turn
     written = easyvqa(split="train", sample=6, task="transcribe", spoken="en-us", speech_dir=str(tmp_path))
@@ -113,3 +114,14 @@ def test_efficientnet_pool_grid_averages_the_feature_grid():
     torch.testing.assert_close(tokens, blocks, atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="pool_grid"):
         build_efficientnet_encoder(EncoderConfig(type="efficientnet_lite0", random_config={}, image_size=64, pool_grid=3), 0)
+
+
+def test_easyvqa_describe_task_names_colour_and_shape():
+    require(["easy_vqa"])
+    described = easyvqa(split="train", task="describe")
+    assert 3_400 < len(described) <= 4_000  # one sample per image whose questions name both
+    first = described[0]
+    assert first.messages[0].content == "<image>\nwhat is in the image?" and len(first.images) == 1
+    color, shape = first.messages[1].content.split()
+    assert color in COLOR_ANSWERS and shape in SHAPE_ANSWERS
+    assert len({str(s.images[0]) for s in described}) == len(described)

@@ -193,14 +193,19 @@ def asr_manifest(cfg: DataConfig) -> Loaded:
 
 
 EASYVQA_OPTIONS = {"split", "sample", "seed", "task", "spoken", "speech_dir", "image"}
-# The alignment task: the model writes out the spoken question (no image).
-TRANSCRIBE_TEMPLATE = "Question: " + AUDIO_TOKEN + "\nThe question in words:"
+# The alignment task: the model writes out the spoken question (no image): "<audio>" -> " is
+# there a red shape?". Bare, since every prompt token costs training time and says nothing here.
+TRANSCRIBE_TEMPLATE = AUDIO_TOKEN
+# The describing task: each image once, answered with its colour and shape ("blue rectangle").
+DESCRIBE_TEMPLATE = IMAGE_TOKEN + "\nwhat is in the image?"
+EASYVQA_TASKS = ("vqa", "transcribe", "describe")
 
 
 def easyvqa(cfg: DataConfig) -> Loaded:
     """The easy-VQA package's questions (no data.path needed). data.options:
     split (train | test), sample (a fixed random subset of N questions, seeded by `seed`),
-    task (vqa | transcribe: write out the spoken question), spoken (an espeak-ng voice, or a
+    task (vqa | transcribe: write out the spoken question | describe: each image's colour and
+    shape, gathered from the answers to its questions), spoken (an espeak-ng voice, or a
     list of voices used in turn, to ask the question aloud), speech_dir (where the spoken
     clips are cached), image (false = the question alone, for a blind baseline)."""
     from omnilm.data import easyvqa as ev
@@ -210,9 +215,16 @@ def easyvqa(cfg: DataConfig) -> Loaded:
     if unknown:
         raise ConfigError(f"data.options.{unknown[0]}: unknown easy-VQA option; valid: {', '.join(sorted(EASYVQA_OPTIONS))}")
     task, use_image = opts.get("task", "vqa"), opts.get("image", True)
-    if task not in ("vqa", "transcribe"):
-        raise ConfigError(f"data.options.task: {task!r} is not one of vqa, transcribe")
+    if task not in EASYVQA_TASKS:
+        raise ConfigError(f"data.options.task: {task!r} is not one of {', '.join(EASYVQA_TASKS)}")
     items = _easyvqa_subset(ev.load_easyvqa(opts.get("split", "train")), opts.get("sample"), opts.get("seed", 0))
+    if task == "describe":
+        rows = RowCollector(cfg)
+        for image, words in ev.image_descriptions(items).items():
+            rows.add(f"easy-VQA image {image.name}",
+                     lambda image=image, words=words: Sample([Message("user", DESCRIBE_TEMPLATE),
+                                                              Message("assistant", words)], images=[image]))
+        return rows.out
     audios = _easyvqa_speech(items, opts) if opts.get("spoken") else [None] * len(items)
     if task == "transcribe" and audios[0] is None:
         raise ConfigError("data.options.task=transcribe needs data.options.spoken (a voice)")

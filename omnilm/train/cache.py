@@ -12,7 +12,9 @@ from omnilm.model.build import resolve_dtype
 from omnilm.model.encoders import build_encoder
 
 
-def cache_features(recipe: Recipe, out: str | None = None, batch_size: int = 32, progress: bool = True):
+def cache_features(recipe: Recipe, out: str | None = None, batch_size: int = 32, progress: bool = True,
+                   images: list | None = None):
+    """Features of the recipe's training images (or of `images`) with the recipe's encoder."""
     enc_cfg = recipe.model.image
     if enc_cfg is None:
         raise ConfigError("cache-features needs model.image in the recipe")
@@ -23,6 +25,7 @@ def cache_features(recipe: Recipe, out: str | None = None, batch_size: int = 32,
     # Same seed and builder as training, so a random tiny encoder yields the same features.
     encoder = build_encoder(enc_cfg, recipe.model.seed)
     encoder.to(device=device, dtype=resolve_dtype(recipe.model.llm.dtype, device)).eval()
-    images = [path for sample in load_samples(recipe.data).samples for path in sample.images]
+    if images is None:
+        images = [path for sample in load_samples(recipe.data).samples for path in sample.images]
     return build_feature_cache(encoder, images, folder, encoder_identity(enc_cfg), load_image,
                                batch_size=batch_size, skip_bad=recipe.data.skip_bad, progress=progress)
