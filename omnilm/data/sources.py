@@ -196,8 +196,9 @@ EASYVQA_OPTIONS = {"split", "sample", "seed", "task", "spoken", "speech_dir", "i
 # The alignment task: the model writes out the spoken question (no image): "<audio>" -> " is
 # there a red shape?". Bare, since every prompt token costs training time and says nothing here.
 TRANSCRIBE_TEMPLATE = AUDIO_TOKEN
-# The describing task: each image once, answered with its colour and shape ("blue rectangle").
-DESCRIBE_TEMPLATE = IMAGE_TOKEN + "\nwhat is in the image?"
+# The describing task, a caption task: each image once, then its colour and shape
+# ("<image>" -> " blue rectangle"), with no words around it, as the seed's stage 1 had none.
+DESCRIBE_TEMPLATE = IMAGE_TOKEN
 EASYVQA_TASKS = ("vqa", "transcribe", "describe")
 
 
