@@ -43,7 +43,8 @@ def ui_server(tmp_path_factory):
     folder = os.environ.get("OMNILM_WEBUI_MODEL") or write_tiny_model(tmp_path_factory.mktemp("ui-model"), audio=True)
     engine = Engine(load_pretrained(folder)).start()
     try:
-        with running_server(create_app(ServerState(engine, "tiny"), ui=True), free_port()) as url:
+        name = "/".join(Path(folder).parts[-2:]) if os.environ.get("OMNILM_WEBUI_MODEL") else "tiny"
+        with running_server(create_app(ServerState(engine, name), ui=True), free_port()) as url:
             yield url, engine
     finally:
         engine.close()
