@@ -107,3 +107,22 @@ def test_export_merges_lora_into_a_plain_model_with_the_same_outputs(tiny_data, 
         a, b = qlora(**batch.model_inputs()).logits, exported(**batch.model_inputs()).logits
     # Stated tolerance: merged fp32 weights vs 4-bit kernel + LoRA path, logits within 1e-3.
     assert (a - b).abs().max().item() < 1e-3
+
+
+def test_finetune_stage_trains_the_llm_and_later_runs_keep_it(tiny_data, stage1_run, tmp_path):
+    """`finetune` trains every LLM weight; a run built on it with the LLM frozen (`align`) still
+    saves that LLM, so each run folder loads as the whole model it trained."""
+    base = {"model": {"init_from": str(stage1_run), "llm": {"name_or_path": str(stage1_run / "base" / "llm")},
+                      "image": {"name_or_path": str(stage1_run / "base" / "image_encoder")}}}
+    tuned = train(tiny_recipe(tiny_data, tmp_path / "ft", **base,
+                              train={"stage": "finetune", "max_steps": 3, "lr": 1e-2}), progress=False).run_dir
+    original = dict(load_pretrained(stage1_run).llm.named_parameters())
+    finetuned = dict(load_pretrained(tuned).llm.named_parameters())
+    assert any(not torch.equal(original[k], v) for k, v in finetuned.items())  # the LLM itself moved
+    saved = load_file(str(tuned / "weights.safetensors"))
+    assert sum(k.startswith("llm.") for k in saved) == len(finetuned)  # every LLM weight trained and saved
+
+    base["model"]["init_from"] = str(tuned)
+    frozen = train(tiny_recipe(tiny_data, tmp_path / "after", **base, train={"max_steps": 2}), progress=False).run_dir
+    again = dict(load_pretrained(frozen).llm.named_parameters())
+    assert all(torch.equal(finetuned[k], again[k]) for k in finetuned)  # the fine-tuned LLM, not the base

@@ -164,7 +164,7 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
     if recipe.model.init_from:
         from omnilm.model.checkpoint import load_trained_weights
 
-        load_trained_weights(model, recipe.model.init_from, partial=True)
+        model.inherited = set(load_trained_weights(model, recipe.model.init_from, partial=True))
     return model
 
 

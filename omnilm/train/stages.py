@@ -19,6 +19,7 @@ STAGES = {
     "audio-align": Stage(("audio_projector",), "audio projector only, LLM and encoders frozen"),
     "instruct": Stage(("image_projector", "audio_projector", "lora"), "projectors + LoRA adapters on the LLM"),
     "projectors": Stage(("image_projector", "audio_projector"), "image and audio projectors together"),
+    "finetune": Stage(("image_projector", "audio_projector", "llm"), "projectors + every weight of the LLM"),
 }
 
 
