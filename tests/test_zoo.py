@@ -185,3 +185,15 @@ def test_efficientnet_recognises_a_cat(effnet):
     with torch.no_grad():
         label = effnet.classify(pixels).argmax(-1).item()
     assert 281 <= label <= 285, label  # ImageNet's domestic-cat classes
+
+
+def test_zoo_names_resolve_per_role_and_unknown_names_list_the_choices():
+    """`zoo:whisper-tiny.en` is an encoder folder as an encoder, a CTranslate2 model as a transcriber."""
+    from omnilm.errors import ConfigError
+    from omnilm.zoo.registry import TRANSCRIBERS, ZOO, zoo_folder, zoo_transcriber_folder
+
+    assert ZOO["whisper-tiny.en"] is not TRANSCRIBERS["whisper-tiny.en"]
+    with pytest.raises(ConfigError, match="zoo:whisper-tiny.en"):
+        zoo_transcriber_folder("zoo:whisper-large")
+    with pytest.raises(ConfigError, match="zoo:smollm2-135m-instruct"):
+        zoo_folder("zoo:no-such-model")

@@ -24,7 +24,7 @@ SPLITS = ("train", "test")
 YES_NO_ANSWERS = frozenset({"yes", "no"})
 COLOR_ANSWERS = frozenset({"red", "green", "blue", "black", "gray", "teal", "brown", "yellow"})
 SHAPE_ANSWERS = frozenset({"circle", "rectangle", "triangle"})
-NEGATION = re.compile(r"\b(not|no)\b")  # "is there not a circle?", "is no red shape present?"
+NEGATIONS = frozenset({"not", "no"})  # "is there not a circle?", "is no red shape present?"
 QUESTION_TYPES = {"yes/no": YES_NO_ANSWERS, "color": COLOR_ANSWERS, "shape": SHAPE_ANSWERS}
 
 # The layout `omnilm chat` and `omnilm serve` build from an image and a question, so a model
@@ -116,17 +116,16 @@ def image_descriptions(items: list[EasyVQAItem]) -> dict[Path, str]:
     facts: dict[Path, dict[str, str]] = {}
     for it in items:
         found = facts.setdefault(it.image, {})
-        named = {kind: [w for w in words if re.search(rf"\b{w}\b", it.question)]
-                 for kind, words in (("color", COLOR_ANSWERS), ("shape", SHAPE_ANSWERS))}
+        words = set(re.findall(r"\w+", it.question))
+        named = {kind: next(iter(words & answers), None) for kind, answers in (("color", COLOR_ANSWERS),
+                                                                              ("shape", SHAPE_ANSWERS))}
         if it.qtype != "yes/no":
             found[it.qtype] = it.answer  # "what color is the circle?" -> "red": also names the shape
             other = "shape" if it.qtype == "color" else "color"
             if named[other]:
-                found[other] = named[other][0]
-        elif (it.answer == "yes") != bool(NEGATION.search(it.question)):  # the question states a fact
-            for kind, words in named.items():
-                if words:
-                    found[kind] = words[0]
+                found[other] = named[other]
+        elif (it.answer == "yes") != bool(words & NEGATIONS):  # the question states a fact
+            found.update({kind: word for kind, word in named.items() if word})
     return {image: f"{f['color']} {f['shape']}" for image, f in facts.items() if len(f) == 2}
 
 

@@ -85,13 +85,10 @@ class Processor:
     def transcriber(self):
         if self._transcriber is None:
             from omnilm.audio.transcribe import make_transcriber
+            from omnilm.zoo.registry import is_zoo, zoo_transcriber_folder
 
             cfg = self.transcriber_config
-            path = cfg.name_or_path
-            if path == "zoo:whisper-tiny.en":
-                from omnilm.zoo.whisper_ct2 import whisper_ct2_dir
-
-                path = whisper_ct2_dir()
+            path = zoo_transcriber_folder(cfg.name_or_path) if is_zoo(cfg.name_or_path) else cfg.name_or_path
             self._transcriber = make_transcriber(cfg.backend, path, language=cfg.language)
         return self._transcriber
 

@@ -17,11 +17,10 @@ CHECKPOINTS = "checkpoints"
 def trained_state_dict(model) -> dict[str, torch.Tensor]:
     """Parameters that train in some stage: projectors always, whatever requires grad, and
     whatever came from `init_from` (a fine-tuned LLM stays in the runs that build on it)."""
-    inherited = getattr(model, "inherited", set())
     return {
         name: param.detach().to("cpu").contiguous()
         for name, param in model.named_parameters()
-        if param.requires_grad or name.startswith("projectors.") or "lora_" in name or name in inherited
+        if param.requires_grad or name.startswith("projectors.") or "lora_" in name or name in model.inherited
     }
 
 

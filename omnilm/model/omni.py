@@ -19,6 +19,7 @@ class OmniLM(nn.Module):
         self.encoders = nn.ModuleDict(encoders)
         self.projectors = nn.ModuleDict(projectors)
         self.processor = None  # attached by the builder: tokenizer + template + media preprocessing
+        self.inherited: set[str] = set()  # parameter names loaded from model.init_from (saved with each run)
         base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
         # Whether the LLM takes `logits_to_keep` as positions (most transformers causal LMs do);
         # decided once here rather than by inspecting a signature on every training step.
@@ -88,7 +89,6 @@ class OmniLM(nn.Module):
         logits = out.logits  # [B, K, V]
         out.loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=IGNORE)
         return out
-
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, media=None, features=None, **generate_kwargs):

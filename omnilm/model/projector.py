@@ -36,9 +36,9 @@ class Expand(nn.Module):
     """Several LLM tokens from each feature vector: [N, d_in] -> [N * k, d_out]. A pooled image
     vector gives the LLM k separate slots to read (e.g. colour in one, shape in another)."""
 
-    def __init__(self, inner: nn.Module, tokens: int, d_out: int):
+    def __init__(self, inner: nn.Module, d_out: int):
         super().__init__()
-        self.inner, self.tokens, self.d_out = inner, tokens, d_out
+        self.inner, self.d_out = inner, d_out
 
     def forward(self, x):  # [N, d_in]
         return self.inner(x).reshape(-1, self.d_out)  # [N * k, d_out]
@@ -51,4 +51,4 @@ def build_projector(kind: str, d_in: int, d_out: int, hidden: int | None = None,
         raise ConfigError(f"projector tokens_per_feature must be at least 1, got {tokens}")
     if tokens == 1:
         return PROJECTORS[kind](d_in, d_out, hidden)
-    return Expand(PROJECTORS[kind](d_in, d_out * tokens, hidden), tokens, d_out)
+    return Expand(PROJECTORS[kind](d_in, d_out * tokens, hidden), d_out)

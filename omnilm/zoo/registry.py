@@ -25,21 +25,32 @@ def _whisper_encoder() -> Path:
     return whisper_encoder_folder()
 
 
+def _whisper_ct2() -> Path:
+    from omnilm.zoo.whisper_ct2 import whisper_ct2_dir
+
+    return whisper_ct2_dir()
+
+
 ZOO = {
     "smollm2-135m-instruct": _smollm2,  # LLM (transformers folder)
-    # The Whisper encoder in transformers layout (native audio route). As a transcriber
-    # (model.transcriber) the same name means the CTranslate2 model: see Processor.transcriber.
-    "whisper-tiny.en": _whisper_encoder,
+    "whisper-tiny.en": _whisper_encoder,  # the Whisper encoder in transformers layout (native audio route)
 }
+# As a transcriber (model.transcriber) a zoo name means a whole speech-to-text model.
+TRANSCRIBERS = {"whisper-tiny.en": _whisper_ct2}  # CTranslate2 folder
 
 
 def is_zoo(value: str | None) -> bool:
     return bool(value) and value.startswith(PREFIX)
 
 
-def zoo_folder(value: str) -> Path:
+def zoo_folder(value: str, table: dict = ZOO) -> Path:
     """`zoo:NAME` -> the folder of that offline model (converted on first use)."""
     name = value[len(PREFIX):]
-    if name not in ZOO:
-        raise ConfigError(f"unknown offline model {value!r}; choose one of {', '.join(PREFIX + n for n in ZOO)}")
-    return ZOO[name]()
+    if name not in table:
+        raise ConfigError(f"unknown offline model {value!r}; choose one of {', '.join(PREFIX + n for n in table)}")
+    return table[name]()
+
+
+def zoo_transcriber_folder(value: str) -> Path:
+    """`zoo:NAME` as model.transcriber -> that offline speech-to-text model's folder."""
+    return zoo_folder(value, TRANSCRIBERS)
