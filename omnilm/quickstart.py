@@ -10,7 +10,8 @@ and step counts filled in, then evaluates on test questions never seen in traini
   2. features  EfficientNet-Lite0 features of the 4,000 training images, computed once
   3. stage1    image projector (frozen LLM) learns to  quickstart-stage1.yaml
                describe each image ("blue rectangle")
-  4. stage2    LoRA on every linear layer + projector   quickstart-stage2.yaml
+  4. stage2    LoRA on every linear layer + projector:  quickstart-stage2.yaml
+               say what the image shows, then answer
   5. typed     accuracy on typed test questions, beside the majority and blind baselines
   6. speech    espeak-ng clips of every question (training voices and a held-out test voice)
   7. audio     audio projector: write out the spoken question, then answer it
@@ -55,7 +56,7 @@ class Plan:
     train_images: int | None = None  # stage 1 describes the first N images (None: all 3,542 it can)
 
 
-FULL = Plan(stage1=80, stage2=160, audio_align=100, spoken=100, questions=1000)
+FULL = Plan(stage1=80, stage2=120, audio_align=100, spoken=100, questions=1000)
 # The first 12,000 questions cover 1,240 of the 4,000 training images: fewer features to cache.
 FAST = Plan(stage1=20, stage2=60, audio_align=30, spoken=30, questions=300, train_questions=12_000,
             train_images=1_000)
@@ -186,7 +187,8 @@ def evaluate_run(run_dir: Path, samples, desc: str) -> dict:
     from omnilm.model.build import load_pretrained
 
     model = load_pretrained(run_dir)
-    result = evaluate(model, samples, "vqa", batch_size=64, max_new_tokens=4, desc=desc)
+    # Replies are "blue rectangle\nno" (stage 2 describes, then answers): the last line is scored.
+    result = evaluate(model, samples, "vqa", batch_size=64, max_new_tokens=8, desc=desc, final_line=True)
     return _scores(result.scores["accuracy"], result.by_group, result.count) | {"predictions": result.predictions}
 
 
@@ -238,7 +240,7 @@ def demo(run_dir: Path, eval_ids: set[str], out: Path, spoken: bool) -> dict:
     from omnilm.data.audio import load_audio
     from omnilm.data.easyvqa import load_easyvqa, to_sample
     from omnilm.data.speech import TEST_VOICE, synthesize
-    from omnilm.eval.runner import generate_texts, split_prompt
+    from omnilm.eval.runner import generate_texts, last_line, split_prompt
     from omnilm.model.build import load_pretrained
 
     pool = [it for it in load_easyvqa("test") if it.id not in eval_ids]
@@ -253,13 +255,15 @@ def demo(run_dir: Path, eval_ids: set[str], out: Path, spoken: bool) -> dict:
         transcriber = make_transcriber("ctranslate2", whisper_ct2_dir())
         record |= {"audio": str(audio), "voice": TEST_VOICE, "transcript": transcriber.transcribe(load_audio(audio))}
     prompt, _ = split_prompt(to_sample(item, spoken_audio=audio))
-    record["answer"] = generate_texts(load_pretrained(run_dir), [prompt], max_new_tokens=4, progress=False)[0]
+    reply = generate_texts(load_pretrained(run_dir), [prompt], max_new_tokens=8, progress=False)[0]
+    record |= {"reply": reply, "answer": last_line(reply)}
     print(f"  image:      {record['image']}")
     if spoken:
         print(f"  question:   spoken by espeak-ng ({TEST_VOICE}): {record['audio']}")
         print(f"  transcript: {record['transcript']}   (Whisper tiny.en via CTranslate2)")
     else:
         print(f"  question:   {record['question']}")
+    print(f"  reply:      {reply!r}")
     print(f"  answer:     {record['answer']}   (expected: {record['expected']})")
     return record
 

@@ -136,3 +136,18 @@ def test_image_descriptions_agree_with_every_answer(train_rows):
         assert expected == it.answer, (it.question, described[it.image], it.answer)
         checked += 1
     assert checked > 30_000
+
+
+@needs_easyvqa
+def test_balance_yes_no_evens_each_question(train_rows):
+    balanced = easyvqa.balance_yes_no(train_rows, seed=0)
+    before = Counter((it.question, it.answer) for it in train_rows if it.qtype == "yes/no")
+    after = Counter((it.question, it.answer) for it in balanced if it.qtype == "yes/no")
+    for question, _ in before:
+        assert after[(question, "yes")] == after[(question, "no")] == min(before[(question, "yes")],
+                                                                          before[(question, "no")])
+    ids = [it.id for it in balanced]
+    assert len(set(ids)) == len(ids)
+    assert ids == [it.id for it in train_rows if it.id in set(ids)]  # original order
+    assert {it.id for it in train_rows if it.qtype != "yes/no"} <= set(ids)  # colour and shape all kept
+    assert ids != [it.id for it in easyvqa.balance_yes_no(train_rows, seed=1)]  # seeded choice

@@ -55,6 +55,18 @@ def test_vqa_accuracy_overall_and_per_group(fake_generation):
     assert "75.0 %" in result.summary()
 
 
+def test_final_line_scores_the_answer_after_a_description(fake_generation):
+    samples = [qa("is it red?", "yes", "yes/no"), qa("what shape?", "circle", "shape"), qa("what colour?", "red")]
+    replies = {"<image>\nis it red?": "red circle\nyes", "<image>\nwhat shape?": "blue circle\n\n circle \n",
+               "<image>\nwhat colour?": "red circle"}
+    assert runner.evaluate(replies, samples, "vqa", progress=False).scores["accuracy"] == 0  # whole replies
+    result = runner.evaluate(replies, samples, "vqa", progress=False, final_line=True)
+    assert result.scores["accuracy"] == pytest.approx(2 / 3)  # "red circle" is its own last line: wrong
+    assert [r["prediction"] for r in result.predictions] == ["yes", "circle", "red circle"]
+    assert result.predictions[0]["reply"] == "red circle\nyes"
+    assert runner.last_line("\n \n") == ""
+
+
 def test_caption_pools_references_of_the_same_prompt(fake_generation):
     samples = [qa("Describe.", "a red circle", image="1.png"), qa("Describe.", "red round shape", image="1.png"),
                qa("Describe.", "a blue square", image="2.png")]

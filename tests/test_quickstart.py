@@ -1,6 +1,7 @@
 """The offline quickstart: the easy-VQA data source, the baselines, and a shortened run that must learn."""
 import importlib.util
 import json
+from collections import Counter
 import shutil
 
 import pytest
@@ -38,6 +39,20 @@ def test_easyvqa_source_typed_blind_and_sampled():
     blind = easyvqa(split="test", sample=50, seed=0, image=False)[0]
     assert blind.images == [] and "<image>" not in blind.messages[0].content
     assert blind.messages[0].content == sample.messages[0].content.replace("<image>\n", "")
+
+
+def test_easyvqa_source_describe_first_and_balanced():
+    require(["easy_vqa"])
+    from omnilm.data.easyvqa import image_descriptions, load_easyvqa
+
+    described = {str(image): words for image, words in image_descriptions(load_easyvqa("train")).items()}
+    rows = easyvqa(split="train", describe_first=True)
+    assert 30_000 < len(rows) < 38_575  # images whose colour or shape no question reveals are left out
+    for row in rows[:200]:
+        assert row.messages[1].content == described[str(row.images[0])] + "\n" + row.meta["answer"]
+    balanced = easyvqa(split="train", describe_first=True, balance=True)
+    answers = Counter(r.meta["answer"] for r in balanced if r.meta["qtype"] == "yes/no")
+    assert answers["yes"] == answers["no"] and len(balanced) < len(rows)
 
 
 def test_easyvqa_source_spoken_and_transcribe(tmp_path):

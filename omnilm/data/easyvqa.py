@@ -129,13 +129,31 @@ def image_descriptions(items: list[EasyVQAItem]) -> dict[Path, str]:
     return {image: f"{f['color']} {f['shape']}" for image, f in facts.items() if len(f) == 2}
 
 
+def balance_yes_no(items: list[EasyVQAItem], seed: int = 0) -> list[EasyVQAItem]:
+    """Each yes/no question string keeps as many "yes" as "no" answers (the surplus of the more
+    common one dropped at random); other questions are kept. Original order."""
+    import random
+
+    by_answer: dict[tuple[str, str], list[int]] = {}
+    for i, it in enumerate(items):
+        if it.qtype == "yes/no":
+            by_answer.setdefault((it.question, it.answer), []).append(i)
+    rng, dropped = random.Random(seed), set()
+    for (question, answer), indices in by_answer.items():
+        keep = min(len(indices), len(by_answer.get((question, "no" if answer == "yes" else "yes"), [])))
+        dropped.update(rng.sample(indices, len(indices) - keep))
+    return [it for i, it in enumerate(items) if i not in dropped]
+
+
 def to_sample(
-    item: EasyVQAItem, *, spoken_audio: str | Path | None = None, template: str | None = None
+    item: EasyVQAItem, *, spoken_audio: str | Path | None = None, template: str | None = None,
+    description: str | None = None,
 ) -> Sample:
     """One user turn (image + typed or spoken question) and one assistant turn (the answer).
 
     The answer is the bare word; a tokenizer that needs a leading space (" yes") gets it from
-    the chat renderer, not from the data.
+    the chat renderer, not from the data. With a `description` the reply first states what the
+    image shows, then answers on the next line ("blue rectangle\nno").
     """
     spoken = spoken_audio is not None
     if template is None:
@@ -143,7 +161,8 @@ def to_sample(
     _check_template(template, spoken)
     user = template.replace("{question}", item.question)
     return Sample(
-        messages=[Message("user", user), Message("assistant", item.answer)],
+        messages=[Message("user", user),
+                  Message("assistant", item.answer if description is None else f"{description}\n{item.answer}")],
         images=[item.image],
         audios=[Path(spoken_audio)] if spoken else [],
         id=item.id,

@@ -70,8 +70,17 @@ def generate_texts(model, prompts: list[Sample], max_new_tokens: int, batch_size
     return texts
 
 
+def last_line(reply: str) -> str:
+    """The final non-empty line: the answer of a model that first writes what it sees."""
+    lines = [line for line in reply.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
 def evaluate(model, samples: list[Sample], metric: str = "vqa", *, batch_size: int = 32,
-             max_new_tokens: int | None = None, progress: bool = True, desc: str = "evaluating") -> EvalResult:
+             max_new_tokens: int | None = None, progress: bool = True, desc: str = "evaluating",
+             final_line: bool = False) -> EvalResult:
+    """`final_line`: score each reply's last line (models trained to describe, then answer);
+    the whole reply is kept in the predictions."""
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if not samples:
@@ -81,15 +90,19 @@ def evaluate(model, samples: list[Sample], metric: str = "vqa", *, batch_size: i
     if metric == "caption":
         return _captions(model, pairs, batch_size, max_new_tokens or MAX_NEW_TOKENS[metric], progress, desc, started)
     prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
-    preds = generate_texts(model, prompts, max_new_tokens or MAX_NEW_TOKENS[metric], batch_size, progress, desc)
+    replies = generate_texts(model, prompts, max_new_tokens or MAX_NEW_TOKENS[metric], batch_size, progress, desc)
+    preds = [last_line(r) for r in replies] if final_line else replies
     groups = [str(p.meta.get("qtype", "all")) for p in prompts]
     if metric == "vqa":
         scores = {"accuracy": vqa_accuracy(preds, refs)}
         by_group = {g: {"accuracy": acc, "count": n} for g, (acc, n) in accuracy_by_group(preds, refs, groups).items()}
     else:
         scores, by_group = {"wer": word_error_rate(preds, refs)}, {}
-    rows = [{"id": p.id, "prediction": pred, "reference": ref, "group": g}
-            for p, pred, ref, g in zip(prompts, preds, refs, groups)]
+    rows = [{"id": p.id, "prediction": pred, "reference": ref, "group": g} for p, pred, ref, g in
+            zip(prompts, preds, refs, groups)]
+    if final_line:
+        for row, reply in zip(rows, replies):
+            row["reply"] = reply
     return EvalResult(metric, scores, len(samples), time.perf_counter() - started, by_group, rows)
 
 
@@ -114,7 +127,7 @@ def default_metric(source: str) -> str:
 def evaluate_folder(model_dir, source: str, path: str | None = None, *, metric: str | None = None,
                     image_dir: str | None = None, audio_dir: str | None = None, options: dict | None = None,
                     limit: int | None = None, batch_size: int = 32, max_new_tokens: int | None = None,
-                    progress: bool = True) -> EvalResult:
+                    progress: bool = True, final_line: bool = False) -> EvalResult:
     """`omnilm eval`: a saved run or export folder scored on a data set in a public format."""
     from omnilm.config import DataConfig
     from omnilm.data.sources import load_samples
@@ -125,7 +138,7 @@ def evaluate_folder(model_dir, source: str, path: str | None = None, *, metric: 
     samples = load_samples(cfg).samples
     model = load_pretrained(model_dir)
     return evaluate(model, samples, metric or default_metric(source), batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, progress=progress)
+                    max_new_tokens=max_new_tokens, progress=progress, final_line=final_line)
 
 
 def write_result(result: EvalResult, out: str | Path) -> Path:
