@@ -188,7 +188,7 @@ def evaluate_run(run_dir: Path, samples, desc: str) -> dict:
 
     model = load_pretrained(run_dir)
     # Replies are "blue rectangle\nno" (stage 2 describes, then answers): the last line is scored.
-    result = evaluate(model, samples, "vqa", batch_size=64, max_new_tokens=8, desc=desc, final_line=True)
+    result = evaluate(model, samples, "vqa", batch_size=64, max_new_tokens=6, desc=desc, final_line=True)
     return _scores(result.scores["accuracy"], result.by_group, result.count) | {"predictions": result.predictions}
 
 
@@ -255,7 +255,7 @@ def demo(run_dir: Path, eval_ids: set[str], out: Path, spoken: bool) -> dict:
         transcriber = make_transcriber("ctranslate2", whisper_ct2_dir())
         record |= {"audio": str(audio), "voice": TEST_VOICE, "transcript": transcriber.transcribe(load_audio(audio))}
     prompt, _ = split_prompt(to_sample(item, spoken_audio=audio))
-    reply = generate_texts(load_pretrained(run_dir), [prompt], max_new_tokens=8, progress=False)[0]
+    reply = generate_texts(load_pretrained(run_dir), [prompt], max_new_tokens=6, progress=False)[0]
     record |= {"reply": reply, "answer": last_line(reply)}
     print(f"  image:      {record['image']}")
     if spoken:
