@@ -10,7 +10,7 @@ and step counts filled in, then evaluates on test questions never seen in traini
   2. features  EfficientNet-Lite0 features of the 4,000 training images, computed once
   3. stage1    image projector (frozen LLM) learns to  quickstart-stage1.yaml
                describe each image ("blue rectangle")
-  4. stage2    LoRA on every linear layer + projector:  quickstart-stage2.yaml
+  4. stage2    LoRA on the attention + projector:       quickstart-stage2.yaml
                say what the image shows, then answer
   5. typed     accuracy on typed test questions, beside the majority and blind baselines
   6. speech    espeak-ng clips of every question (training voices and a held-out test voice)
@@ -56,7 +56,7 @@ class Plan:
     train_images: int | None = None  # stage 1 describes the first N images (None: all 3,542 it can)
 
 
-FULL = Plan(stage1=80, stage2=120, audio_align=100, spoken=100, questions=1000)
+FULL = Plan(stage1=40, stage2=100, audio_align=80, spoken=100, questions=1000)
 # The first 12,000 questions cover 1,240 of the 4,000 training images: fewer features to cache.
 FAST = Plan(stage1=20, stage2=60, audio_align=30, spoken=30, questions=300, train_questions=12_000,
             train_images=1_000)
