@@ -98,11 +98,8 @@ def evaluate(model, samples: list[Sample], metric: str = "vqa", *, batch_size: i
         by_group = {g: {"accuracy": acc, "count": n} for g, (acc, n) in accuracy_by_group(preds, refs, groups).items()}
     else:
         scores, by_group = {"wer": word_error_rate(preds, refs)}, {}
-    rows = [{"id": p.id, "prediction": pred, "reference": ref, "group": g} for p, pred, ref, g in
-            zip(prompts, preds, refs, groups)]
-    if final_line:
-        for row, reply in zip(rows, replies):
-            row["reply"] = reply
+    rows = [{"id": p.id, "prediction": pred, "reference": ref, "group": g} | ({"reply": reply} if final_line else {})
+            for p, pred, ref, g, reply in zip(prompts, preds, refs, groups, replies)]
     return EvalResult(metric, scores, len(samples), time.perf_counter() - started, by_group, rows)
 
 
