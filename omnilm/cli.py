@@ -66,7 +66,8 @@ def cmd_eval(args) -> None:
 def cmd_quickstart(args) -> None:
     from omnilm.quickstart import run_quickstart
 
-    run_quickstart(out=args.out, fast=args.fast, skip_audio=args.skip_audio, eval_questions=args.questions)
+    run_quickstart(out=args.out, fast=args.fast, skip_audio=args.skip_audio, eval_questions=args.questions,
+                   seed=args.seed)
 
 
 def _serve_state(args):
@@ -259,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="a shortened run (fewer steps and questions) for tests")
     p.add_argument("--skip-audio", action="store_true", help="typed questions only: no speech, no audio stages")
     p.add_argument("--questions", type=int, help="test questions to evaluate (default 1000; 300 with --fast)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every training stage (initialisation, data order, LoRA); the test sample stays fixed")
     p.set_defaults(func=cmd_quickstart)
     return parser
 

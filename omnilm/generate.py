@@ -62,7 +62,7 @@ class GenerationConfig:
 
 @dataclass
 class Completion:
-    text: str  # decoded, special tokens skipped, cut before the first stop string
+    text: str  # decoded, special tokens skipped, leading whitespace dropped, cut before the first stop string
     token_ids: list[int]  # generated ids, without the final EOS
     prompt_tokens: int  # prompt length, media placeholder positions included
     completion_tokens: int  # tokens the model produced, EOS included
@@ -121,6 +121,8 @@ def stream(model, sample: Sample, config: GenerationConfig | None = None) -> Ite
         for token_ids in tokens:
             for token in token_ids:
                 text += detok.push(token)
+            if not sent:  # nothing shown yet: the reply's leading whitespace is not shown either
+                text = reply_text(text)
             cut = _first_stop(text, config.stop)
             if cut is not None:
                 if cut > sent:
@@ -133,6 +135,7 @@ def stream(model, sample: Sample, config: GenerationConfig | None = None) -> Ite
         if failure:
             raise failure[0]
         text += detok.flush()
+        text = text if sent else reply_text(text)
         cut = _first_stop(text, config.stop)
         text = text if cut is None else text[:cut]
         if len(text) > sent:
@@ -245,12 +248,18 @@ def _complete(tokenizer, row: list[int], prompt_tokens: int, eos: set[int], conf
     if ended is not None:
         produced = ended + 1
     ids = row[:ended] if ended is not None else row[:produced]
-    text = tokenizer.decode(ids, skip_special_tokens=True)
+    text = reply_text(tokenizer.decode(ids, skip_special_tokens=True))
     cut = _first_stop(text, config.stop)
     if cut is not None:
         text = text[:cut]
     reason = "stop" if ended is not None or cut is not None else "length"
     return Completion(text, ids, prompt_tokens, produced, reason)
+
+
+def reply_text(decoded: str) -> str:
+    """What a reader sees: templates that put a space before the reply (" red triangle", one
+    token in most vocabularies) train the model to start with one; the reply does not."""
+    return decoded.lstrip()
 
 
 def _first_stop(text: str, stops: list[str]) -> int | None:

@@ -163,3 +163,28 @@ def test_bad_requests_fail_clearly(model):
     with pytest.raises(ConfigError, match="max_new_tokens"):
         list(stream(model, ask("hi"), GenerationConfig(max_new_tokens=0)))
     assert generate(model, []) == []
+
+
+def test_replies_never_start_with_whitespace(model, prompts):
+    """Templates put a space before the reply, so models learn to start with one (" red"): the
+    text that reaches a reader (generate, stream, the server's engine) starts with the reply."""
+    from omnilm.serve.engine import Engine
+
+    configs = [GenerationConfig(max_new_tokens=4, temperature=1.0, seed=seed) for seed in range(6)]
+    completions = [generate(model, [p], config)[0] for config in configs for p in prompts]  # as streamed
+    raw = [model.processor.tokenizer.decode(c.token_ids, skip_special_tokens=True) for c in completions]
+    assert any(r[:1].isspace() for r in raw)  # the case this test is about does occur
+    assert all(c.text == r.lstrip() for c, r in zip(completions, raw))
+    streamed = ["".join(stream(model, p, config)) for config in configs for p in prompts]
+    assert streamed == [c.text for c in completions]
+    engine = Engine(model).start()
+    try:
+        served = []
+        for config in configs:
+            for p in prompts:
+                handle = engine.stream(p, config)
+                handle.start_sync()
+                served.append("".join(handle))
+    finally:
+        engine.close()
+    assert served == [c.text for c in completions]

@@ -41,6 +41,35 @@ def test_easyvqa_source_typed_blind_and_sampled():
     assert blind.messages[0].content == sample.messages[0].content.replace("<image>\n", "")
 
 
+def test_easyvqa_source_layouts():
+    require(["easy_vqa"])
+    first = easyvqa(split="test", sample=40, seed=0)
+    after = easyvqa(split="test", sample=40, seed=0, layout="question-first")
+    assert [s.id for s in after] == [s.id for s in first]
+    assert all(s.messages[0].content == s.meta["question"] + "\n<image>" for s in after)
+    blind = easyvqa(split="test", sample=40, seed=0, layout="question-first", image=False)
+    assert all(s.messages[0].content == s.meta["question"] and not s.images for s in blind)
+    mixed = [s.messages[0].content for s in easyvqa(split="test", sample=40, seed=0, layout="mixed")]
+    assert 5 < sum(m.startswith("<image>") for m in mixed) < 35  # both layouts, at random
+    assert mixed == [s.messages[0].content for s in easyvqa(split="test", sample=40, seed=0, layout="mixed")]
+    with pytest.raises(ConfigError, match="layout"):
+        easyvqa(split="test", layout="sideways")
+
+
+def test_quickstart_judges_each_target():
+    from omnilm.quickstart import judge
+
+    def scores(overall, yes_no):
+        return {"accuracy": overall, "by_type": {"yes/no": yes_no, "color": 1.0, "shape": 1.0}}
+
+    results = {"typed": scores(0.97, 0.96), "typed_question_first": scores(0.97, 0.90),
+               "typed_seconds": 500.0, "total_seconds": 1300.0}
+    verdicts = {v["target"]: v["pass"] for v in judge(results)}
+    assert verdicts == {"typed, image first: overall": True, "typed, image first: yes/no": True,
+                        "typed, question first: overall": True, "typed, question first: yes/no": False,
+                        "typed part (seconds)": True, "whole command (seconds)": False}
+
+
 def test_easyvqa_source_describe_first_and_balanced():
     require(["easy_vqa"])
     from omnilm.data.easyvqa import image_descriptions, load_easyvqa

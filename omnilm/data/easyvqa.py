@@ -27,12 +27,16 @@ SHAPE_ANSWERS = frozenset({"circle", "rectangle", "triangle"})
 NEGATIONS = frozenset({"not", "no"})  # "is there not a circle?", "is no red shape present?"
 QUESTION_TYPES = {"yes/no": YES_NO_ANSWERS, "color": COLOR_ANSWERS, "shape": SHAPE_ANSWERS}
 
-# The layout `omnilm chat` and `omnilm serve` build from an image and a question, so a model
-# trained here answers them as it was trained: "<image>\nis there a red shape?" -> " yes". No
+# The layouts `omnilm chat`, the web app and the API build from an image and a question (the API
+# keeps its parts in the order sent), so a model trained on both answers them all:
+# "<image>\nis there a red shape?" or "is there a red shape?\n<image>" -> " yes". No
 # "Question:"/"Answer:" wrapping: its 5 tokens a sample made each training step ~25 % longer.
 TEXT_TEMPLATE = IMAGE_TOKEN + "\n{question}"
 # With a spoken question the audio takes the question's place; no transcript is given.
 SPOKEN_TEMPLATE = IMAGE_TOKEN + "\n" + AUDIO_TOKEN
+# layout name -> (typed template, spoken template)
+LAYOUTS = {"image-first": (TEXT_TEMPLATE, SPOKEN_TEMPLATE),
+           "question-first": ("{question}\n" + IMAGE_TOKEN, AUDIO_TOKEN + "\n" + IMAGE_TOKEN)}
 
 
 @dataclass(frozen=True)
@@ -147,17 +151,18 @@ def balance_yes_no(items: list[EasyVQAItem], seed: int = 0) -> list[EasyVQAItem]
 
 def to_sample(
     item: EasyVQAItem, *, spoken_audio: str | Path | None = None, template: str | None = None,
-    description: str | None = None,
+    description: str | None = None, layout: str = "image-first",
 ) -> Sample:
     """One user turn (image + typed or spoken question) and one assistant turn (the answer).
 
     The answer is the bare word; a tokenizer that needs a leading space (" yes") gets it from
     the chat renderer, not from the data. With a `description` the reply first states what the
-    image shows, then answers on the next line ("blue rectangle\nno").
+    image shows, then answers on the next line ("blue rectangle\nno"). `layout` (see LAYOUTS)
+    puts the image before or after the question when no `template` is given.
     """
     spoken = spoken_audio is not None
     if template is None:
-        template = SPOKEN_TEMPLATE if spoken else TEXT_TEMPLATE
+        template = LAYOUTS[layout][spoken]
     _check_template(template, spoken)
     user = template.replace("{question}", item.question)
     return Sample(

@@ -192,7 +192,8 @@ def asr_manifest(cfg: DataConfig) -> Loaded:
     return rows.out
 
 
-EASYVQA_OPTIONS = {"split", "sample", "seed", "task", "spoken", "speech_dir", "image", "balance", "describe_first"}
+EASYVQA_OPTIONS = {"split", "sample", "seed", "task", "spoken", "speech_dir", "image", "balance", "describe_first",
+                   "layout"}
 # The alignment task: the model writes out the spoken question (no image): "<audio>" -> " is
 # there a red shape?". Bare, since every prompt token costs training time and says nothing here.
 TRANSCRIBE_TEMPLATE = AUDIO_TOKEN
@@ -212,7 +213,9 @@ def easyvqa(cfg: DataConfig) -> Loaded:
     as many "yes" as "no" answers for each yes/no question, the surplus dropped at random: in
     easy-VQA the answer skew alone lets a model that never looks score ~85 % on them),
     describe_first (true = each reply first states the image's colour and shape, then answers on
-    the next line: "blue rectangle\nno"; images whose description is unknown are left out)."""
+    the next line: "blue rectangle\nno"; images whose description is unknown are left out),
+    layout (image-first: "<image>\nquestion" | question-first: "question\n<image>" | mixed: each
+    question one of the two at random, seeded by `seed`)."""
     from omnilm.data import easyvqa as ev
 
     opts = dict(cfg.options)
@@ -222,6 +225,9 @@ def easyvqa(cfg: DataConfig) -> Loaded:
     task, use_image = opts.get("task", "vqa"), opts.get("image", True)
     if task not in EASYVQA_TASKS:
         raise ConfigError(f"data.options.task: {task!r} is not one of {', '.join(EASYVQA_TASKS)}")
+    layout = opts.get("layout", "image-first")
+    if layout not in (*ev.LAYOUTS, "mixed"):
+        raise ConfigError(f"data.options.layout: {layout!r} is not one of {', '.join(ev.LAYOUTS)}, mixed")
     items = ev.load_easyvqa(opts.get("split", "train"))
     described = ev.image_descriptions(items) if opts.get("describe_first") else {}  # from the whole split
     if described:
@@ -239,15 +245,17 @@ def easyvqa(cfg: DataConfig) -> Loaded:
     audios = _easyvqa_speech(items, opts) if opts.get("spoken") else [None] * len(items)
     if task == "transcribe" and audios[0] is None:
         raise ConfigError("data.options.task=transcribe needs data.options.spoken (a voice)")
+    layouts = _easyvqa_layouts(layout, len(items), opts.get("seed", 0))
     rows = RowCollector(cfg)
-    for item, audio in zip(items, audios):
-        def make(item=item, audio=audio):
+    for item, audio, item_layout in zip(items, audios, layouts):
+        def make(item=item, audio=audio, item_layout=item_layout):
             if task == "transcribe":
                 return Sample([Message("user", TRANSCRIBE_TEMPLATE), Message("assistant", item.question)],
                               audios=[audio], id=item.id, meta={"qtype": item.qtype, "question": item.question})
-            sample = ev.to_sample(item, spoken_audio=audio, description=described.get(item.image))
-            if not use_image:  # blind: same prompt with the image marker removed
-                sample.messages[0].content = sample.messages[0].content.replace(IMAGE_TOKEN + "\n", "")
+            sample = ev.to_sample(item, spoken_audio=audio, description=described.get(item.image), layout=item_layout)
+            if not use_image:  # blind: same prompt without the image marker's line
+                lines = sample.messages[0].content.split("\n")
+                sample.messages[0].content = "\n".join(line for line in lines if line != IMAGE_TOKEN)
                 sample.images = []
             return sample
 
@@ -262,6 +270,17 @@ def _easyvqa_subset(items: list, sample: int | None, seed: int) -> list:
 
     chosen = sorted(random.Random(seed).sample(range(len(items)), sample))
     return [items[i] for i in chosen]
+
+
+def _easyvqa_layouts(layout: str, n: int, seed: int) -> list[str]:
+    if layout != "mixed":
+        return [layout] * n
+    import random
+
+    from omnilm.data.easyvqa import LAYOUTS
+
+    rng = random.Random(seed)
+    return [rng.choice(list(LAYOUTS)) for _ in range(n)]
 
 
 def _easyvqa_speech(items: list, opts: dict) -> list:

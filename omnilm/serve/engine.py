@@ -26,7 +26,7 @@ import torch
 
 from omnilm.data.sample import Sample
 from omnilm.errors import OmniError
-from omnilm.generate import GenerationConfig, eos_ids, generate
+from omnilm.generate import GenerationConfig, eos_ids, generate, reply_text
 from omnilm.serve.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -348,7 +348,7 @@ class _FanOut:
     def _send(self, row: int, final: bool, text: str | None = None) -> None:
         stops = self.batch[row].config.stop
         if text is None:
-            text = self.tokenizer.decode(self.ids[row], skip_special_tokens=True)
+            text = reply_text(self.tokenizer.decode(self.ids[row], skip_special_tokens=True))
         cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=None)
         if cut is not None:
             text, self.done[row] = text[:cut], True
