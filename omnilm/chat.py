@@ -22,10 +22,13 @@ HELP = """commands:
 
 
 class ChatSession:
-    def __init__(self, model, config: GenerationConfig | None = None, system: str | None = None):
+    def __init__(self, model, config: GenerationConfig | None = None, system: str | None = None,
+                 on_transcript: Callable[[list[str]], object] | None = None):
+        """`on_transcript` hears what Whisper made of each turn's audio (transcription route)."""
         self.model = model
         self.config = config or GenerationConfig()
         self.system = system
+        self.on_transcript = on_transcript
         self.reset()
 
     def reset(self) -> None:
@@ -46,13 +49,19 @@ class ChatSession:
 
         Media attached before (attach) or given here go with this message: where `text` has no
         marker of its own for an item, one is put first, a line each (LLaVA's layout, and the
-        same text `omnilm serve` builds from an image and a question). A failed turn leaves
-        the history as it was and drops those media.
+        same text `omnilm serve` builds from an image and a question). On the transcription
+        route the audio is transcribed once, here, and the turn keeps the transcript instead.
+        A failed turn leaves the history as it was and drops those media.
         """
         images = self.pending_images + list(images)
         audios = self.pending_audios + list(audios)
         self.pending_images, self.pending_audios = [], []
         user = Message("user", with_markers(text, len(images), len(audios)))
+        if audios and self.model.processor.audio_route == "transcribe":
+            heard, transcripts = self.model.processor.transcribe(Sample([user], audios=audios))
+            user, audios = heard.messages[0], []
+            if self.on_transcript:
+                self.on_transcript(transcripts)
         sample = Sample(self.messages + [user], images=self.images + images, audios=self.audios + audios)
         self.last_sample = sample
         pieces = []
@@ -81,8 +90,8 @@ def run_repl(session: ChatSession, lines: Iterable[str], write: Callable[[str], 
     """
     for raw in lines:
         line = raw.strip()
-        if not line:
-            continue
+        if not line and not (session.pending_images or session.pending_audios):
+            continue  # an empty line sends only media attached with /image or /audio
         if line.startswith("/"):
             if not _command(session, line, write):
                 return

@@ -153,7 +153,8 @@ def cmd_chat(args) -> None:
 
     model = load_pretrained(args.model, device=args.device, audio_route=args.audio_route,
                             transcriber=transcriber_config(args.transcriber, args.transcriber_backend))
-    session = ChatSession(model, config, system=args.system)
+    session = ChatSession(model, config, system=args.system,
+                          on_transcript=lambda texts: print("(heard: " + " / ".join(texts) + ")", file=sys.stderr))
 
     def write(text: str) -> None:  # flushed per piece: the answer appears as it is generated
         sys.stdout.write(text)

@@ -97,6 +97,14 @@ def test_repl_keeps_history_and_media(model, run):
     assert text.count("\n") >= 3
 
 
+def test_repl_sends_media_alone_on_an_empty_line(model, run):
+    _, image = run
+    session = ChatSession(model, GenerationConfig(max_new_tokens=4))
+    run_repl(session, ["", "/image " + str(image), ""], [].append)
+    assert [m.content for m in session.messages if m.role == "user"] == ["<image>"]
+    assert session.images == [str(image)]
+
+
 def test_repl_reset_unknown_command_and_errors(model, tmp_path):
     session = ChatSession(model, GenerationConfig(max_new_tokens=4))
     out: list[str] = []
@@ -140,4 +148,6 @@ def test_one_shot_transcription_route_from_the_command_line(run, tmp_path, capsy
     heard = voiced.processor(sample, generation_prompt=True).transcripts[0]
     assert "colo" in heard.lower() and "shape" in heard.lower()
     expected = generate(voiced, [sample], GenerationConfig(max_new_tokens=8))[0].text
-    assert capsys.readouterr().out == expected + "\n"
+    printed = capsys.readouterr()
+    assert printed.out == expected + "\n"
+    assert f"(heard: {heard})" in printed.err  # what Whisper heard, beside the answer
