@@ -32,7 +32,7 @@ import platform
 import shutil
 import time
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -274,7 +274,8 @@ def synthesize_questions(speech_dir: Path) -> None:
 
 
 def demo(run_dir: Path, eval_ids: set[str], out: Path, spoken: bool) -> dict:
-    """One held-out test image and question (outside the scored sample), asked aloud."""
+    """One held-out test image and question (outside the scored sample), asked aloud. The image
+    and the clip are copied to <out>/demo/ (image.png, question.wav) for the README's examples."""
     import random
 
     from omnilm.data.audio import load_audio
@@ -285,16 +286,19 @@ def demo(run_dir: Path, eval_ids: set[str], out: Path, spoken: bool) -> dict:
 
     pool = [it for it in load_easyvqa("test") if it.id not in eval_ids]
     item = random.Random(DEMO_SEED).choice(pool)
-    record = {"image": str(item.image), "question": item.question, "expected": item.answer}
+    (out / "demo").mkdir(parents=True, exist_ok=True)
+    image = Path(shutil.copyfile(item.image, out / "demo" / "image.png"))
+    record = {"image": str(image), "source": str(item.image), "question": item.question, "expected": item.answer}
     audio = None
     if spoken:
         from omnilm.audio.transcribe import make_transcriber
         from omnilm.zoo.whisper_ct2 import whisper_ct2_dir
 
-        audio = synthesize([item.question], TEST_VOICE, out / "demo", progress=False)[0]
+        clip = synthesize([item.question], TEST_VOICE, out / "demo", progress=False)[0]
+        audio = Path(shutil.copyfile(clip, out / "demo" / "question.wav"))
         transcriber = make_transcriber("ctranslate2", whisper_ct2_dir())
         record |= {"audio": str(audio), "voice": TEST_VOICE, "transcript": transcriber.transcribe(load_audio(audio))}
-    prompt, _ = split_prompt(to_sample(item, spoken_audio=audio))
+    prompt, _ = split_prompt(to_sample(replace(item, image=image), spoken_audio=audio))
     reply = generate_texts(load_pretrained(run_dir), [prompt], max_new_tokens=6, progress=False)[0]
     record |= {"reply": reply, "answer": last_line(reply)}
     print(f"  image:      {record['image']}")
