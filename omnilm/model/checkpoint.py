@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from omnilm.errors import OmniError
 
@@ -60,17 +61,26 @@ def _cleaned_on_failure(tmp: Path, target: Path, needed: int):
         yield
     except BaseException as err:
         _remove(tmp)
-        free = shutil.disk_usage(target.parent).free
         # torch.save reports a full disk as a bare RuntimeError, so the free space decides too.
-        if isinstance(err, Exception) and (getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-                                           or free < needed):
-            raise DiskFull(f"disk full while writing {target}: it needs about {_mb(needed)}, "
-                           f"{_mb(free)} free on that disk; free some space and run again") from None
+        if isinstance(err, Exception) and (is_disk_full(err) or shutil.disk_usage(target.parent).free < needed):
+            raise disk_full(target, needed) from None
         raise
 
 
-def _mb(size: int) -> str:
-    return f"{size / 1e6:,.1f} MB"
+def is_disk_full(err: BaseException) -> bool:
+    return getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(target: Path, needed: int | None = None) -> DiskFull:
+    """The one-line error: what was being written, how much it needs, how much is free."""
+    free = shutil.disk_usage(next(p for p in (target, *target.parents) if p.exists())).free
+    need = f"it needs about {_size(needed)}, " if needed else ""
+    return DiskFull(f"disk full while writing {target}: {need}{_size(free)} free on that disk; "
+                    "free some space and run again")
+
+
+def _size(num_bytes: int) -> str:
+    return tqdm.format_sizeof(num_bytes, "B")  # 148kB, 2.00MB, 12.3GB
 
 
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:

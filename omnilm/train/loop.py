@@ -33,8 +33,9 @@ from omnilm.data.feature_cache import FeatureCache, encoder_identity
 from omnilm.data.sources import load_samples
 from omnilm.errors import ConfigError
 from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
-from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_folder, checkpoint_dirs, load_trained_weights,
-                                     nbytes, remove_stale_temps, save_trained_weights, trained_state_dict)
+from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_folder, checkpoint_dirs, disk_full, is_disk_full,
+                                     load_trained_weights, nbytes, remove_stale_temps, save_trained_weights,
+                                     trained_state_dict)
 from omnilm.train.plot import plot_metrics
 from omnilm.train.stages import apply_stage, component_of
 
@@ -83,6 +84,15 @@ def param_groups(model, cfg) -> list[dict]:
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks=()) -> RunResult:
+    try:
+        return _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
+    except OSError as err:  # metrics, plot, recipe: checkpoints and weights say more themselves
+        if not is_disk_full(err):
+            raise
+        raise DiskFull(f"{disk_full(Path(recipe.train.output_dir))} with --resume") from None
+
+
+def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunResult:
     cfg = recipe.train
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
                               gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
