@@ -82,17 +82,26 @@ def test_train_after_eval_works_with_4bit_on_cpu(tiny_data, stage1_run, tmp_path
         assert torch.isfinite(loss)
 
 
-def test_stage2_resumes(tiny_data, stage1_run, tmp_path):
-    recipe = stage2_recipe(tiny_data, stage1_run, tmp_path)
+def test_stage2_resume_with_lora_dropout_is_bit_exact(tiny_data, stage1_run, tmp_path):
+    """LoRA dropout draws from torch's global RNG: the checkpoint restores it and nothing else
+    (such as building the data loader) draws from it, so a resumed run matches a straight one."""
+    straight_recipe = stage2_recipe(tiny_data, stage1_run, tmp_path / "straight")
+    assert straight_recipe.model.llm.lora.dropout > 0
+    straight = train(straight_recipe, progress=False)
 
     def stop(state, model):
-        if state.step == 2:
+        if state.step == 3:
             raise KeyboardInterrupt
 
+    recipe = stage2_recipe(tiny_data, stage1_run, tmp_path / "stopped")
     with pytest.raises(KeyboardInterrupt):
         train(recipe, progress=False, callbacks=[stop])
     resumed = train(recipe, progress=False, resume=True)
     assert resumed.state.step == 4
+    a = load_file(str(straight.run_dir / "weights.safetensors"))
+    b = load_file(str(resumed.run_dir / "weights.safetensors"))
+    assert a.keys() == b.keys() and any("lora_" in k for k in a)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
 def test_export_merges_lora_into_a_plain_model_with_the_same_outputs(tiny_data, stage1_run, tmp_path, capsys):

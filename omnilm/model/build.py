@@ -1,8 +1,9 @@
 """Build an OmniLM from a recipe: load pretrained parts, quantize, attach LoRA.
 
 Randomly initialised components (tests, benchmarks, tiny recipes) are first *materialized*
-into a folder and then loaded from it like any pretrained model, so quantization, saving and
-reloading follow one path whatever the source.
+into a folder (atomically: a killed write never leaves a half model there) and then loaded
+from it like any pretrained model, so quantization, saving and reloading follow one path
+whatever the source.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from omnilm.config import LLMConfig, Recipe, load_recipe, validate
 from omnilm.errors import ConfigError, OmniError
+from omnilm.model.checkpoint import atomic_folder, nbytes
 from omnilm.model.encoders import ENCODER_MODALITY, build_encoder
 from omnilm.model.omni import OmniLM
 from omnilm.model.projector import build_projector
@@ -49,15 +51,16 @@ def materialize_random(recipe: Recipe, base_dir: Path) -> Recipe:
     llm = recipe.model.llm
     if llm.random_config is not None:
         target = base_dir / "llm"
-        if not (target / "config.json").is_file():
+        if not target.is_dir():
             params = dict(llm.random_config)
             model_type = params.pop("model_type", None)
             if model_type is None:
                 raise ConfigError("model.llm.random_config needs a model_type (e.g. phi, llama)")
             torch.manual_seed(recipe.model.seed)
             model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **params))
-            model.save_pretrained(target)
-            load_tokenizer(llm.tokenizer or BYTES).save_pretrained(target)
+            with atomic_folder(target, nbytes(model.state_dict())) as tmp:
+                model.save_pretrained(tmp)
+                load_tokenizer(llm.tokenizer or BYTES).save_pretrained(tmp)
         llm.name_or_path, llm.random_config, llm.tokenizer = str(target), None, None
     for modality in ("image", "audio"):
         enc = getattr(recipe.model, modality)
@@ -65,7 +68,9 @@ def materialize_random(recipe: Recipe, base_dir: Path) -> Recipe:
             continue
         target = base_dir / f"{modality}_encoder"
         if not target.is_dir():
-            build_encoder(enc, recipe.model.seed).save_pretrained(target)
+            encoder = build_encoder(enc, recipe.model.seed)
+            with atomic_folder(target, nbytes(encoder.state_dict())) as tmp:
+                encoder.save_pretrained(tmp)
         enc.name_or_path, enc.random_config = str(target), None
     return recipe
 

@@ -1,23 +1,28 @@
 """The one training loop every stage shares, on HF Accelerate (single process, DDP, multi-node).
 
 Each optimizer step sees grad_accum micro-batches per process. Checkpoints hold the trained
-weights, optimizer, scheduler, RNG and the micro-batch counter, so `resume` continues with the
-same data order and reaches the same weights as a run that was never stopped.
+weights, optimizer, scheduler, each process's RNG and the micro-batch counter, so `resume`
+continues with the same data order and dropout masks and reaches the same weights as a run
+that was never stopped. The data order has its own generators; the global RNG is left to what
+the steps draw (dropout) and restored last, after everything that builds the run.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -28,7 +33,9 @@ from omnilm.data.feature_cache import FeatureCache, encoder_identity
 from omnilm.data.sources import load_samples
 from omnilm.errors import ConfigError
 from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
-from omnilm.model.checkpoint import checkpoint_dirs, load_trained_weights, save_trained_weights
+from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_folder, checkpoint_dirs, disk_full, is_disk_full,
+                                     load_trained_weights, nbytes, remove_stale_temps, save_trained_weights,
+                                     trained_state_dict)
 from omnilm.train.plot import plot_metrics
 from omnilm.train.stages import apply_stage, component_of
 
@@ -77,6 +84,15 @@ def param_groups(model, cfg) -> list[dict]:
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks=()) -> RunResult:
+    try:
+        return _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
+    except OSError as err:  # metrics, plot, recipe: checkpoints and weights say more themselves
+        if not is_disk_full(err):
+            raise
+        raise DiskFull(f"{disk_full(Path(recipe.train.output_dir))} with --resume") from None
+
+
+def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunResult:
     cfg = recipe.train
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
                               gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
@@ -88,6 +104,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
                           "or choose another train.output_dir")
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(run_dir)  # what a killed run was still writing
         materialize_random(recipe, run_dir / "base")  # once, before the other ranks read it
     accelerator.wait_for_everyone()
     cache = _feature_cache(recipe)  # identified by the encoder as the user's recipe names it
@@ -113,17 +130,22 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_lambda, warmup=cfg.warmup_steps,
                                                                      total=total_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
-    state = TrainState()
+    state, saved_rng = TrainState(), None
     if resume and existing:
-        state = _restore(existing[-1], accelerator.unwrap_model(model), optimizer, scheduler)
+        state, saved_rng = _restore(existing[-1], accelerator.unwrap_model(model), optimizer, scheduler)
         if main:
             log.info("resumed from %s at step %d", existing[-1].name, state.step)
 
     batches = ResumableBatches(len(dataset), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
                                cfg.seed, start=state.micro, total=total_steps * cfg.grad_accum)
     processor = accelerator.unwrap_model(model).processor
+    # Iterating a DataLoader draws its workers' base seed from `generator`, or else from the
+    # global RNG that dropout uses, which would shift every later mask on resume.
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=recipe.data.num_workers,
-                        collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id))
+                        collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id),
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    if saved_rng is not None:
+        _set_rng_state(saved_rng[accelerator.process_index % len(saved_rng)])
     metrics_file = run_dir / "metrics.jsonl"
     bar = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.stage}", unit="step",
                disable=not (progress and main), dynamic_ncols=True)
@@ -201,32 +223,56 @@ def _feature_cache(recipe: Recipe):
 
 def _save_checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, run_dir: Path, keep: int):
     accelerator.wait_for_everyone()
+    rng = gather_object([_rng_state()])  # every process's: each draws its own dropout masks
     if accelerator.is_main_process:
         final = run_dir / "checkpoints" / f"step-{state.step:07d}"
         if not final.exists():
-            tmp = final.with_name(final.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_trained_weights(accelerator.unwrap_model(model), tmp)
-            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                       tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps(state.__dict__))
-            os.replace(tmp, final)  # a checkpoint folder either exists whole or not at all
+            _write_checkpoint(final, trained_state_dict(accelerator.unwrap_model(model)),
+                              {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
+                              state)
         for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
             shutil.rmtree(old)
     accelerator.wait_for_everyone()
 
 
-def _restore(ckpt: Path, model, optimizer, scheduler) -> TrainState:
+def _write_checkpoint(final: Path, weights: dict, resumable: dict, state: TrainState) -> None:
+    """A checkpoint folder either exists whole or not at all; older ones go only after it exists."""
+    try:
+        with atomic_folder(final, nbytes(weights) + nbytes(resumable)) as tmp:
+            save_file(weights, str(tmp / WEIGHTS))
+            torch.save(resumable, tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps(state.__dict__))
+    except DiskFull as err:
+        kept = checkpoint_dirs(final.parent.parent)
+        raise DiskFull(f"{err} with --resume (from {kept[-1].name}, which is kept)" if kept else str(err)) from None
+
+
+def _restore(ckpt: Path, model, optimizer, scheduler) -> tuple[TrainState, list[dict]]:
+    """Weights, optimizer and scheduler now; the RNG states are returned, to be set last."""
     load_trained_weights(model, ckpt)
     saved = torch.load(ckpt / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["rng"])
-    if saved.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    return TrainState(**json.loads((ckpt / "state.json").read_text()))
+    rng = saved["rng"]
+    if isinstance(rng, torch.Tensor):  # checkpoints from before per-process RNG states
+        rng = [{"torch": rng, "cuda": saved.get("cuda_rng")}]
+    return TrainState(**json.loads((ckpt / "state.json").read_text())), rng
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(saved: dict) -> None:
+    torch.set_rng_state(saved["torch"])
+    if saved.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+    if saved.get("numpy") is not None:
+        np.random.set_state(saved["numpy"])
+    if saved.get("python") is not None:
+        random.setstate(saved["python"])
 
 
 __all__ = ["train", "TrainState", "RunResult"]
