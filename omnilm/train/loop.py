@@ -26,8 +26,9 @@ from omnilm.data.collate import collate
 from omnilm.data.dataset import ResumableBatches, SampleDataset
 from omnilm.data.feature_cache import FeatureCache, encoder_identity
 from omnilm.data.sources import load_samples
-from omnilm.errors import ConfigError
+from omnilm.errors import ConfigError, OmniError
 from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
+from omnilm.model.checks import check_against_model
 from omnilm.model.checkpoint import checkpoint_dirs, load_trained_weights, save_trained_weights
 from omnilm.train.plot import plot_metrics
 from omnilm.train.stages import apply_stage, component_of
@@ -77,6 +78,7 @@ def param_groups(model, cfg) -> list[dict]:
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks=()) -> RunResult:
+    check_against_model(recipe)  # before any folder is made or weight is read
     cfg = recipe.train
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
                               gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
@@ -146,6 +148,9 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
             state.skipped += int(counts[1])
             window_samples += int(counts[0])
             window_loss.append(accelerator.reduce(loss.detach().float(), "mean").item())
+            if not math.isfinite(window_loss[-1]):  # NaN weights would be saved as if all went well
+                raise OmniError(f"training diverged: the loss is {window_loss[-1]} at step {state.step + 1}; "
+                                f"stopped without saving it (try a lower train.lr than {cfg.lr:g})")
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
