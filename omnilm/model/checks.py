@@ -35,9 +35,10 @@ def check_against_model(recipe: Recipe, root: Path | None = None) -> None:
     validate(recipe)
     model = recipe.model
     with torch.random.fork_rng(devices=[]):  # building skeletons must not move the seeded RNG
-        llm = llm_skeleton(model.llm, root)
-        vocab = llm.get_input_embeddings().num_embeddings
+        config = llm_config(model.llm, root)
+        vocab = config.get_text_config().vocab_size
         check_tokenizer(model.llm, root, vocab)
+        llm = llm_skeleton(config, model.llm)
         for modality in ("image", "audio"):
             enc = getattr(model, modality)
             if enc is None:
@@ -92,9 +93,8 @@ def llm_config(cfg: LLMConfig, root: Path | None) -> PreTrainedConfig:
     return config
 
 
-def llm_skeleton(cfg: LLMConfig, root: Path | None) -> nn.Module:
+def llm_skeleton(config: PreTrainedConfig, cfg: LLMConfig) -> nn.Module:
     """The LLM with every layer in place and no weights (meta tensors)."""
-    config = llm_config(cfg, root)
     try:
         with init_empty_weights():
             return AutoModelForCausalLM.from_config(config)
