@@ -1,9 +1,9 @@
 """Recipe checks that need the model's shape, done before any weights are read.
 
-They use the LLM's config and an empty skeleton (parameters on the meta device, no memory, no
-file reads beyond config.json), so a token id outside the vocabulary, a LoRA target the LLM does
-not have or a typo in a random_config fails in a second with the key named, instead of after a
-download or deep inside training.
+They read only the LLM's config and tokenizer and build empty skeletons (parameters on the meta
+device: no memory, no weights), so a token id outside the vocabulary, a LoRA target the LLM does
+not have or a typo in a random_config fails in about a second with the key named, instead of
+after a download or deep inside training.
 """
 from __future__ import annotations
 
