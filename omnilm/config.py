@@ -1,11 +1,14 @@
 """Typed, nested recipe: dataclasses loaded from YAML, validated, with dotted CLI overrides.
 
 Every error names the offending key by its full dotted path and, for unknown keys, lists the
-valid ones, so a typo in a recipe is a one-line fix rather than a traceback.
+valid ones, so a typo in a recipe is a one-line fix rather than a traceback. Numeric fields carry
+their allowed range (`bounded`) and one walk checks them all; checks that need the model's shape
+(token ids, LoRA targets, random_config keys) are in omnilm.model.checks.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,12 +19,43 @@ import yaml
 
 from omnilm.errors import ConfigError
 
+SEED_LIMIT = 2**32  # numpy and torch generators both take seeds in [0, 2**32)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The allowed range of a numeric field, or of each value of a mapping field."""
+
+    ge: float | None = None  # at least
+    gt: float | None = None  # more than
+    le: float | None = None  # at most
+    lt: float | None = None  # less than
+
+    def allows(self, value) -> bool:
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def __str__(self) -> str:
+        low = f"[{self.ge}" if self.ge is not None else f"({self.gt}" if self.gt is not None else None
+        high = f"{self.le}]" if self.le is not None else f"{self.lt})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return (">= " if low[0] == "[" else "> ") + low[1:]
+        return ("<= " if high[-1] == "]" else "< ") + high[:-1]
+
+
+def bounded(default=None, *, factory=None, **bounds):
+    """A dataclass field whose numbers must lie within `bounds` (ge/gt/le/lt); see check_bounds."""
+    extra = {"default_factory": factory} if factory else {"default": default}
+    return field(metadata={"bounds": Bounds(**bounds)}, **extra)
+
 
 @dataclass
 class ProjectorConfig:
     type: str = "resblock"  # registry name: resblock | mlp2x_gelu | linear | mlp
-    hidden_size: Optional[int] = None  # inner width for mlp types; default = LLM width
-    tokens_per_feature: int = 1  # LLM tokens made from each encoder feature vector
+    hidden_size: Optional[int] = bounded(None, ge=1)  # inner width for mlp types; default = LLM width
+    tokens_per_feature: int = bounded(1, ge=1)  # LLM tokens made from each encoder feature vector
 
 
 @dataclass
@@ -31,20 +65,22 @@ class EncoderConfig:
     random_config: Optional[dict] = None  # build a randomly initialised encoder from this config
     layer: int = -1  # which hidden state to take (-1 = last, -2 = LLaVA's choice)
     drop_cls: bool = True  # drop the CLS token (CLIP); ignored by encoders without one
-    image_size: Optional[int] = None  # override the processor's input size
-    pool_grid: Optional[int] = None  # efficientnet_lite0: average-pool the feature grid to N x N tokens
-    stack_frames: int = 8  # audio: consecutive encoder frames stacked into one token
-    max_seconds: float = 120.0  # audio: longer inputs are rejected
-    end_token_id: Optional[int] = None  # token appended after each item's features (seed: 23893)
+    image_size: Optional[int] = bounded(None, ge=1)  # override the processor's input size
+    pool_grid: Optional[int] = bounded(None, ge=1)  # efficientnet_lite0: average-pool the feature grid to N x N
+    stack_frames: int = bounded(8, ge=1)  # audio: consecutive encoder frames stacked into one token
+    max_seconds: float = bounded(120.0, gt=0)  # audio: longer inputs are rejected
+    # token appended after each item's features (seed: 23893); must be in the LLM's vocabulary
+    end_token_id: Optional[int] = bounded(None, ge=0)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
 
 
 @dataclass
 class LoraConfig:
-    r: int = 64
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"])
+    r: int = bounded(64, ge=1)  # also at most the width of the layers it adapts
+    alpha: int = bounded(16, gt=0)
+    dropout: float = bounded(0.05, ge=0, lt=1)
+    # names of the LLM's layers, matched as peft does (the full name or its last parts)
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"])
 
 
 @dataclass
@@ -85,7 +121,7 @@ class ModelConfig:
     audio_route: str = "auto"
     transcriber: Optional[TranscriberConfig] = None
     init_from: Optional[str] = None  # a run or export folder whose trained weights seed this model
-    seed: int = 0  # seed for random_config components
+    seed: int = bounded(0, ge=0, lt=SEED_LIMIT)  # seed for random_config components
 
 
 @dataclass
@@ -97,11 +133,11 @@ class DataConfig:
     template: str = "caption"  # prompt template, see omnilm.data.chat.TEMPLATES
     prompt: str = ""  # extra user text for single-turn templates (e.g. "Describe the image.")
     system: Optional[str] = None
-    max_length: int = 512
-    limit: Optional[int] = None  # use only the first N samples
+    max_length: int = bounded(512, ge=1)
+    limit: Optional[int] = bounded(None, ge=1)  # use only the first N samples
     skip_bad: bool = False  # skip (and count) unreadable samples instead of stopping
     feature_cache: Optional[str] = None  # folder written by `omnilm cache-features`
-    num_workers: int = 0
+    num_workers: int = bounded(0, ge=0)
     options: dict = field(default_factory=dict)  # source-specific options
 
 
@@ -109,20 +145,20 @@ class DataConfig:
 class TrainConfig:
     stage: str = "align"  # align | instruct | audio-align | joint | see omnilm.train.stages
     output_dir: str = "runs/omnilm"
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-3
-    lr_scale: dict = field(default_factory=dict)  # component -> lr multiplier, e.g. {lora: 0.5}
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_steps: int = 1000
-    epochs: Optional[int] = None  # if set, max_steps = epochs * steps per epoch
-    max_grad_norm: float = 1.0
+    batch_size: int = bounded(8, ge=1)
+    grad_accum: int = bounded(1, ge=1)
+    lr: float = bounded(1e-3, gt=0, le=10)  # AdamW diverges long before 10; larger is a typo
+    lr_scale: dict = bounded(factory=dict, ge=0, le=100)  # component -> lr multiplier, e.g. {lora: 0.5}
+    weight_decay: float = bounded(0.0, ge=0)
+    warmup_steps: int = bounded(0, ge=0)
+    max_steps: int = bounded(1000, ge=1)
+    epochs: Optional[int] = bounded(None, ge=1)  # if set, max_steps = epochs * steps per epoch
+    max_grad_norm: float = bounded(1.0, ge=0)  # 0 = no clipping
     mixed_precision: str = "auto"  # auto (bf16 on GPU, no on CPU) | no | bf16 | fp16
-    seed: int = 0
-    log_every: int = 10
-    save_every: int = 500
-    keep_checkpoints: int = 2
+    seed: int = bounded(0, ge=0, lt=SEED_LIMIT)
+    log_every: int = bounded(10, ge=1)
+    save_every: int = bounded(500, ge=1)
+    keep_checkpoints: int = bounded(2, ge=1)  # resume needs at least the newest
     gradient_checkpointing: bool = False
 
 
@@ -167,6 +203,9 @@ def _coerce(hint, value, path: str):
         raise ConfigError(f"{path}: must not be empty")
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, path)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(_coerce(list, value, path))]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):
@@ -197,11 +236,15 @@ def parse_overrides(overrides: list[str]) -> dict:
     return nested
 
 
-def merge(base: dict, update: dict) -> dict:
+def merge(base: dict, update: dict, path: str = "") -> dict:
     out = dict(base)
     for key, value in update.items():
+        where = _join(path, key)
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+            out[key] = merge(out[key], value, where)
+        elif isinstance(value, dict) and out.get(key) is not None:
+            # Setting keys inside a list or scalar would silently throw the recipe's value away.
+            raise ConfigError(f"{where}: expected a mapping, got {type(out[key]).__name__} {out[key]!r}")
         else:
             out[key] = value
     return out
@@ -243,11 +286,7 @@ def validate(recipe: Recipe) -> None:
         value = _get(recipe, dotted)
         if value not in allowed:
             raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
-    for dotted in ("train.batch_size", "train.grad_accum", "train.max_steps", "data.max_length"):
-        if _get(recipe, dotted) < 1:
-            raise ConfigError(f"{dotted}: must be at least 1, got {_get(recipe, dotted)}")
-    if recipe.train.lr <= 0:
-        raise ConfigError(f"train.lr: must be positive, got {recipe.train.lr}")
+    check_bounds(recipe)
     if recipe.model.llm.quantization == "nf4" and recipe.model.llm.lora is None:
         raise ConfigError("model.llm.quantization=nf4 needs model.llm.lora (a 4-bit base cannot train)")
     if recipe.model.audio_route == "native" and recipe.model.audio is None:
@@ -258,10 +297,37 @@ def validate(recipe: Recipe) -> None:
         enc = getattr(recipe.model, name)
         if enc is not None and enc.name_or_path is None and enc.random_config is None and enc.type in _NEEDS_SOURCE:
             raise ConfigError(f"model.{name}: set name_or_path (pretrained) or random_config (random init)")
-        if enc is not None and enc.stack_frames < 1:
-            raise ConfigError(f"model.{name}.stack_frames: must be at least 1")
-        if enc is not None and enc.pool_grid is not None and (enc.type != "efficientnet_lite0" or enc.pool_grid < 1):
-            raise ConfigError(f"model.{name}.pool_grid: a positive grid size, for efficientnet_lite0 encoders only")
+        if enc is not None and enc.pool_grid is not None and enc.type != "efficientnet_lite0":
+            raise ConfigError(f"model.{name}.pool_grid: for efficientnet_lite0 encoders only")
+    lora = recipe.model.llm.lora
+    if lora is not None and not lora.target_modules:
+        raise ConfigError("model.llm.lora.target_modules: must name at least one layer of the LLM")
+
+
+def check_bounds(node, path: str = "") -> None:
+    """Every number in the recipe must be finite, and within its field's bounds where it has them."""
+    hints = typing.get_type_hints(type(node))
+    for f in dataclasses.fields(node):
+        value, where = getattr(node, f.name), _join(path, f.name)
+        if dataclasses.is_dataclass(value):
+            check_bounds(value, where)
+        else:
+            kind = "an integer" if int in (hints[f.name], *typing.get_args(hints[f.name])) else "a finite number"
+            _check_number(value, where, f.metadata.get("bounds"), kind)
+
+
+def _check_number(value, where: str, bounds: Bounds | None, kind: str = "a finite number") -> None:
+    if isinstance(value, dict):  # a bounded mapping bounds each of its values
+        for key, item in value.items():
+            _check_number(item, f"{where}.{key}", bounds)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_number(item, f"{where}[{i}]", None)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        if bounds is not None and value is not None:
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+    elif isinstance(value, float) and not math.isfinite(value) or bounds is not None and not bounds.allows(value):
+        raise ConfigError(f"{where} = {value!r}: must be {kind}{f' {bounds}' if bounds else ''}")
 
 
 _NEEDS_SOURCE = ("clip", "whisper")

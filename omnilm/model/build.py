@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from omnilm.config import LLMConfig, Recipe, load_recipe, validate
 from omnilm.errors import ConfigError, OmniError
 from omnilm.model.checkpoint import atomic_folder, nbytes
+from omnilm.model.checks import check_against_model
 from omnilm.model.encoders import ENCODER_MODALITY, build_encoder
 from omnilm.model.omni import OmniLM
 from omnilm.model.projector import build_projector
@@ -134,6 +135,7 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
     `root` resolves "./" paths of a saved recipe; `base_dir` receives random components
     (a temporary folder when not given).
     """
+    check_against_model(recipe, root)  # names and ids against the models' shapes, before any weights
     if _has_random(recipe):
         base_dir = Path(base_dir or tempfile.mkdtemp(prefix="omnilm-base-"))
         recipe = materialize_random(recipe, base_dir)

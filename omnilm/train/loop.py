@@ -31,8 +31,9 @@ from omnilm.data.collate import collate
 from omnilm.data.dataset import ResumableBatches, SampleDataset
 from omnilm.data.feature_cache import FeatureCache, encoder_identity
 from omnilm.data.sources import load_samples
-from omnilm.errors import ConfigError
+from omnilm.errors import ConfigError, OmniError
 from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
+from omnilm.model.checks import check_against_model
 from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_folder, checkpoint_dirs, disk_full, is_disk_full,
                                      load_trained_weights, nbytes, remove_stale_temps, save_trained_weights,
                                      trained_state_dict)
@@ -84,6 +85,7 @@ def param_groups(model, cfg) -> list[dict]:
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks=()) -> RunResult:
+    check_against_model(recipe)  # before any folder is made or weight is read
     try:
         return _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
     except OSError as err:  # metrics, plot, recipe: checkpoints and weights say more themselves
@@ -168,6 +170,9 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
             state.skipped += int(counts[1])
             window_samples += int(counts[0])
             window_loss.append(accelerator.reduce(loss.detach().float(), "mean").item())
+            if not math.isfinite(window_loss[-1]):  # NaN weights would be saved as if all went well
+                raise OmniError(f"training diverged: the loss is {window_loss[-1]} at step {state.step + 1}; "
+                                f"stopped without saving it (try a lower train.lr than {cfg.lr:g})")
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()

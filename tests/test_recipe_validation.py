@@ -1,0 +1,138 @@
+"""Bad recipes stop before any weight is read, with one line naming the key, the value and why.
+
+Each case is one of the bad recipes from issue #11: before the checks, some ended in a traceback
+and the others trained silently (lr .inf even saved NaN weights and exited 0).
+"""
+import re
+
+import pytest
+import torch
+import yaml
+
+from omnilm.cli import main
+from omnilm.config import load_recipe
+from omnilm.errors import OmniError
+from omnilm.model.build import materialize_random
+from omnilm.model.checks import check_against_model
+from omnilm.train.loop import train
+from tests.conftest import CONFIGS, tiny_recipe
+
+STAGE1, STAGE2 = CONFIGS / "tiny-stage1.yaml", CONFIGS / "tiny-stage2.yaml"
+SHORT = ["--train.max_steps=2", "--train.batch_size=4", "--train.save_every=1"]  # quick, should a bad one train
+
+CASES = [  # (id, recipe, overrides, what the error must say)
+    # ended in a traceback
+    ("log_every_0", STAGE1, ["--train.log_every=0"], r"train\.log_every = 0: must be an integer >= 1"),
+    ("save_every_0", STAGE1, ["--train.save_every=0"], r"train\.save_every = 0: must be an integer >= 1"),
+    ("lr_nan", STAGE1, ["--train.lr=.nan"], r"train\.lr = nan: must be a finite number in \(0, 10\]"),
+    ("lr_1e300", STAGE1, ["--train.lr=1e300"], r"train\.lr = 1e\+300: must be a finite number in \(0, 10\]"),
+    ("weight_decay_negative", STAGE1, ["--train.weight_decay=-0.1"], r"train\.weight_decay = -0\.1: .* >= 0"),
+    ("num_workers_negative", STAGE1, ["--data.num_workers=-1"], r"data\.num_workers = -1: must be an integer >= 0"),
+    ("end_token_outside_vocab", STAGE1, ["--model.image.end_token_id=9999"],
+     r"model\.image\.end_token_id = 9999: must be a token id of the LLM, in \[0, 259\)"),
+    ("random_config_negative_size", STAGE1, ["--model.llm.random_config.hidden_size=-4"],
+     r"model\.llm\.random_config: cannot build a 'phi' model from it: .*negative dimension -4"),
+    ("random_config_wrong_type", STAGE1, ["--model.llm.random_config.hidden_size=wide"],
+     r"model\.llm\.random_config: .*'hidden_size' expected int, got str"),
+    ("random_config_unknown_model_type", STAGE1, ["--model.llm.random_config.model_type=phy"],
+     r"model\.llm\.random_config\.model_type 'phy': not a transformers model type; close: .*phi"),
+    ("random_config_vocab_below_special_tokens", STAGE1, ["--model.llm.random_config.vocab_size=200"],
+     r"model\.llm\.tokenizer: its special token '<\|endoftext\|>' has id 256, outside the LLM's vocabulary of 200"),
+    ("image_random_config_negative_size", STAGE1, ["--model.image.random_config.patch_size=-8"],
+     r"model\.image\.random_config: cannot build a clip encoder from it: .*negative dimension"),
+    ("lora_r_0", STAGE2, ["--model.llm.lora.r=0"], r"model\.llm\.lora\.r = 0: must be an integer >= 1"),
+    ("lora_r_wider_than_layers", STAGE2, ["--model.llm.lora.r=1000"],
+     r"model\.llm\.lora\.r = 1000: must be at most 64, the width of the 'q_proj' layers"),
+    ("lora_target_missing", STAGE2, ["--model.llm.lora.target_modules=[q_proj, qkv]"],
+     r"model\.llm\.lora\.target_modules: 'qkv' is not a layer of this LLM .*linear layers are: dense, fc1, fc2, "
+     r"k_proj, lm_head, q_proj, v_proj"),
+    ("lora_target_not_a_layer", STAGE2, ["--model.llm.lora.target_modules=[mlp]"],
+     r"model\.llm\.lora\.target_modules: 'mlp' is not a layer of this LLM"),
+    ("lora_dropout_1", STAGE2, ["--model.llm.lora.dropout=1"], r"model\.llm\.lora\.dropout = 1\.0: .*in \[0, 1\)"),
+    # trained silently
+    ("lr_inf", STAGE1, ["--train.lr=.inf"], r"train\.lr = inf: must be a finite number"),
+    ("epochs_0", STAGE1, ["--train.epochs=0"], r"train\.epochs = 0: must be an integer >= 1"),
+    ("warmup_negative", STAGE1, ["--train.warmup_steps=-5"], r"train\.warmup_steps = -5: must be an integer >= 0"),
+    ("max_grad_norm_nan", STAGE1, ["--train.max_grad_norm=.nan"], r"train\.max_grad_norm = nan: .* >= 0"),
+    ("keep_checkpoints_0", STAGE1, ["--train.keep_checkpoints=0"], r"train\.keep_checkpoints = 0: .* >= 1"),
+    ("random_config_unknown_key", STAGE1, ["--model.llm.random_config.hiden_size=128"],
+     r"unknown key model\.llm\.random_config\.hiden_size for PhiConfig; did you mean 'hidden_size'\?"),
+    ("image_random_config_unknown_key", STAGE1, ["--model.image.random_config.num_layers=4"],
+     r"unknown key model\.image\.random_config\.num_layers for CLIPVisionConfig"),
+    ("lr_scale_negative", STAGE1, ["--train.lr_scale.image_projector=-1"],
+     r"train\.lr_scale\.image_projector = -1: must be a finite number in \[0, 100\]"),
+    ("section_as_list", "train-as-list", [], r"train: expected a mapping, got list"),
+    # a wrong path was reported as a malformed hub id
+    ("model_path_missing", STAGE2, ["--model.llm.name_or_path={tmp}/no-such-run/base/llm"],
+     r"model\.llm\.name_or_path '.*no-such-run/base/llm': no such local file or folder, and not a Hugging Face "
+     r"hub id"),
+]
+
+
+@pytest.fixture(scope="module")
+def stage1_base(tmp_path_factory):
+    """The tiny stage-1 base models (random, written once), which tiny-stage2 builds on."""
+    return materialize_random(load_recipe(STAGE1), tmp_path_factory.mktemp("base")).model
+
+
+def recipe_args(name, tiny_data, stage1_base, tmp_path) -> list[str]:
+    if name == STAGE2:
+        return [str(STAGE2), f"--data.path={tiny_data['llava']}", f"--data.image_dir={tiny_data['llava_images']}",
+                f"--model.llm.name_or_path={stage1_base.llm.name_or_path}",
+                f"--model.image.name_or_path={stage1_base.image.name_or_path}", "--model.init_from="]
+    recipe = STAGE1
+    if name == "train-as-list":  # "train:" written as a YAML list: a dotted override used to discard it
+        data = yaml.safe_load(STAGE1.read_text())
+        data["train"] = [{key: value} for key, value in data["train"].items()]
+        recipe = tmp_path / "train-as-list.yaml"
+        recipe.write_text(yaml.safe_dump(data))
+    return [str(recipe), f"--data.path={tiny_data['coco']}", f"--data.image_dir={tiny_data['coco_images']}"]
+
+
+@pytest.mark.parametrize("recipe, overrides, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_recipe_is_one_line_naming_the_key_before_any_weights(recipe, overrides, message, tiny_data,
+                                                                  stage1_base, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [*recipe_args(recipe, tiny_data, stage1_base, tmp_path), *SHORT, f"--train.output_dir={run}"]
+    assert main(["train", *args, *(o.format(tmp=tmp_path) for o in overrides)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("omnilm: error: ")
+    assert re.search(message, last), last
+    assert not run.exists()  # stopped before the run folder, base models or any weights were written
+
+
+def test_checks_accept_the_shipped_tiny_recipes_and_leave_the_rng_alone(tiny_data, stage1_base, tmp_path):
+    stage2 = load_recipe(STAGE2, {"model": {"llm": {"name_or_path": stage1_base.llm.name_or_path},
+                                            "image": {"name_or_path": stage1_base.image.name_or_path},
+                                            "init_from": None}})
+    for recipe in (tiny_recipe(tiny_data, tmp_path), stage2):
+        torch.manual_seed(0)
+        check_against_model(recipe)
+        after = torch.rand(3)
+        torch.manual_seed(0)
+        torch.testing.assert_close(after, torch.rand(3), rtol=0, atol=0)  # the seeded run draws what it did
+
+
+def test_an_override_may_fill_a_section_the_recipe_left_empty(tmp_path):
+    data = yaml.safe_load(STAGE1.read_text())
+    data["model"]["llm"]["lora"] = None
+    recipe = tmp_path / "lora-null.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    loaded = load_recipe(recipe, ["model.llm.lora.r=8"])
+    assert loaded.model.llm.lora.r == 8 and loaded.model.llm.lora.target_modules
+
+
+def test_a_loss_that_becomes_nan_stops_training_without_saving_it(tiny_data, tmp_path):
+    def poison(state, model):  # what an exploding step does to the weights
+        if state.step == 1:
+            with torch.no_grad():
+                for param in model.projectors.parameters():
+                    param.fill_(float("nan"))
+
+    recipe = tiny_recipe(tiny_data, tmp_path, train={"max_steps": 3, "batch_size": 4, "save_every": 100})
+    with pytest.raises(OmniError, match=r"training diverged: the loss is nan at step 2; stopped without saving"):
+        train(recipe, progress=False, callbacks=[poison])
+    assert not (tmp_path / "run" / "weights.safetensors").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
