@@ -91,7 +91,7 @@ def _iter_jsonl(path: Path):
 
 def _not_utf8(raw: bytes, err: UnicodeDecodeError) -> str:
     line = raw.count(b"\n", 0, err.start) + 1
-    where = f"position {err.start}" + (f" (line {line})" if b"\n" in raw else "")
+    where = f"offset {err.start}" + (f" (line {line})" if b"\n" in raw else "")
     return f"not UTF-8 text: byte 0x{raw[err.start]:02x} at byte {where}"
 
 
