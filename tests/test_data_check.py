@@ -17,6 +17,7 @@ from omnilm.data.dataset import SampleDataset
 from omnilm.data.sample import Message, Sample
 from omnilm.data.sources import LOGGED_SKIPS, load_samples
 from omnilm.errors import DataError, MediaError
+from omnilm.train.cache import cache_features
 from omnilm.train.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 
@@ -214,3 +215,14 @@ def test_skipped_samples_are_named_once_each_up_to_a_cap(tiny_data, tmp_path, ca
                                        for i in range(LOGGED_SKIPS)]
     assert messages[LOGGED_SKIPS:] == [
         "more bad samples skipped: counted, not named (`omnilm data check RECIPE` lists them all)"]
+
+
+def test_cache_features_with_skip_bad_names_each_skipped_image(tiny_data, tmp_path, caplog):
+    ann_file, image_dir, corrupt, _ = broken_coco(tiny_data, tmp_path)
+    recipe = tiny_recipe(tiny_data, tmp_path, data={"path": str(ann_file), "image_dir": str(image_dir),
+                                                    "skip_bad": True})
+    cache = cache_features(recipe, out=str(tmp_path / "cache"), progress=False)
+    assert len(cache) == 46  # 48 images: one without file_name, one corrupt
+    assert [r.getMessage() for r in caplog.records] == [
+        f"not cached: cannot read image {image_dir / corrupt}: cannot identify image file '{image_dir / corrupt}'",
+        "1 of 47 images were unreadable and not cached (data.skip_bad=true)"]
