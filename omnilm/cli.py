@@ -38,6 +38,21 @@ def cmd_cache_features(args) -> None:
           f"train with: --data.feature_cache={cache.folder}")
 
 
+def cmd_data_check(args) -> int:
+    from pathlib import Path
+
+    from omnilm.data.check import check_data
+
+    report = check_data(_recipe(args), progress=not args.quiet)
+    for line in report.bad:
+        print(f"bad: {line}")
+    if args.fix_list:
+        Path(args.fix_list).write_text("".join(f"{i}\n" for i in report.good_ids), encoding="utf-8")
+        print(f"{len(report.good_ids)} good row ids -> {args.fix_list}")
+    print(report.summary())
+    return 1 if report.bad else 0
+
+
 def cmd_fixtures(args) -> None:
     from omnilm.data.fixtures import make_all
 
@@ -204,6 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_cache_features)
 
+    p = sub.add_parser("data", help="data set tools")
+    data = p.add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("check", help="read every row and media file of a recipe's data as training would; "
+                                      "list each bad one with the reason (exit 1 if any)")
+    with_recipe(p)
+    p.add_argument("--fix-list", metavar="FILE", help="write the good rows' ids to FILE, one a line")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_check)
+
     p = sub.add_parser("export", help="merge LoRA (dequantizing a 4-bit base) into a self-contained folder")
     p.add_argument("--model", required=True, help="run folder (or export folder)")
     p.add_argument("--out", required=True, help="folder to write")
@@ -298,14 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     if not known.verbose:
         _quiet_libraries()
     try:
-        known.func(known)
+        status = known.func(known) or 0
     except OmniError as err:
         print(f"omnilm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("omnilm: interrupted (the last complete checkpoint is kept; use --resume)", file=sys.stderr)
         return 130
-    return 0
+    return status
 
 
 if __name__ == "__main__":

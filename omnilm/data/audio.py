@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -19,6 +20,9 @@ import soxr
 from omnilm.errors import MediaError
 
 SUPPORTED = "wav, flac, mp3, ogg (anything libsndfile reads)"
+# libsndfile's log notes a chunk whose declared size disagrees with the file: "data : 32000 (should be 1000)".
+DECLARED_SIZE = re.compile(r"^\s*(\S+)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
+UNKNOWN_SIZE = 0xFFFFFFFF  # "length unknown", written by tools that stream WAV into a pipe
 
 
 def load_audio(
@@ -75,6 +79,7 @@ def _decode(f: BinaryIO, label: str, max_seconds: float | None) -> tuple[np.ndar
         # over the limit fails fast instead of filling memory.
         with sf.SoundFile(f) as snd:
             rate = snd.samplerate
+            _check_header(snd, label)
             if max_seconds is not None and snd.frames > 0:
                 _check_length(snd.frames, rate, label, max_seconds)
             data = snd.read(dtype="float32", always_2d=True)  # [N, C]
@@ -126,6 +131,7 @@ def _finish(
         _check_length(data.shape[0], rate, label, max_seconds)
     if not np.isfinite(data).all():
         raise MediaError(f"audio {label} contains NaN or infinite samples")
+    _check_not_random(data, label)
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # [N]
     if rate != sampling_rate:
         mono = soxr.resample(mono, rate, sampling_rate, quality="HQ")
@@ -139,3 +145,24 @@ def _check_length(frames: int, rate: int, label: str, max_seconds: float) -> Non
             f"audio {label} is {seconds:.1f} s long; the limit is {max_seconds:g} s "
             "(raise max_seconds or trim the file)"
         )
+
+
+def _check_header(snd: sf.SoundFile, label: str) -> None:
+    """A header that declares more or fewer bytes than the file holds (a cut-off download, a
+    header pasted onto other bytes) is corrupt, though libsndfile reads what bytes there are."""
+    for chunk, declared, actual in DECLARED_SIZE.findall(snd.extra_info):
+        if int(declared) != UNKNOWN_SIZE:
+            raise MediaError(f"audio {label} is corrupt: its header declares {declared} bytes of {chunk!r} "
+                             f"but the file holds {actual} (truncated or not audio?)")
+
+
+def _check_not_random(data: np.ndarray, label: str) -> None:
+    """Random bytes under a valid header decode to samples spread evenly over the whole range
+    [-1, 1]; recorded sound clusters near zero. Flagged when each of 16 equal bins holds
+    1/16 of the samples to within 2 points (too few samples say nothing either way)."""
+    if data.size < 4000:
+        return
+    counts, _ = np.histogram(data, bins=16, range=(-1.0, 1.0))
+    if np.abs(counts / data.size - 1 / 16).max() < 0.02:
+        raise MediaError(f"audio {label} looks like random bytes, not sound: its samples are spread "
+                         "evenly over the full range (corrupt file?)")

@@ -6,6 +6,7 @@ Layout of a cache folder: features.npy ([N, T, D] float16, memory-mapped), index
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -14,7 +15,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from omnilm.data.sources import LOGGED_SKIPS
 from omnilm.errors import DataError, OmniError
+
+log = logging.getLogger(__name__)
 
 
 class FeatureCache:
@@ -55,7 +59,7 @@ def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, r
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     device = next(encoder.parameters()).device
-    probe = encoder([encoder.preprocess(read(keys[0])).to(device)])[0]  # [T, D]
+    probe = _probe(encoder, keys, read, device, skip_bad)  # [T, D]
     out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
                                     shape=(len(keys), *probe.shape))
     index: dict[str, int] = {}
@@ -67,16 +71,20 @@ def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, r
             try:
                 inputs.append(encoder.preprocess(read(key)).to(device))
                 names.append(key)
-            except DataError:
+            except DataError as err:
                 if not skip_bad:
                     raise
                 skipped += 1
+                if skipped <= LOGGED_SKIPS:
+                    log.warning("not cached: %s", err)  # the error names the file
         if inputs:
             for key, feat in zip(names, encoder(inputs)):
                 index[key] = len(index)
                 out[index[key]] = feat.float().cpu().numpy()
         bar.update(len(keys[start:start + batch_size]))
     bar.close()
+    if skipped:
+        log.warning("%d of %d images were unreadable and not cached (data.skip_bad=true)", skipped, len(keys))
     out.flush()
     del out
     if len(index) < len(keys):  # keep the file dense: rows beyond the last kept one are unused
@@ -88,6 +96,18 @@ def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, r
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return FeatureCache.open(folder)
+
+
+def _probe(encoder, keys: list[str], read, device, skip_bad: bool) -> torch.Tensor:
+    """The features of the first readable item, which fix the cache's shape (the main pass
+    counts and names the unreadable ones)."""
+    for key in keys:
+        try:
+            return encoder([encoder.preprocess(read(key)).to(device)])[0]
+        except DataError:
+            if not skip_bad:
+                raise
+    raise DataError(f"none of the {len(keys)} items could be read; nothing to cache")
 
 
 def _truncate(path: Path, rows: int) -> None:

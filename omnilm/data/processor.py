@@ -8,7 +8,7 @@ import torch
 
 from omnilm.data.chat import IGNORE, get_template, render
 from omnilm.data.images import load_image
-from omnilm.data.sample import AUDIO_TOKEN, Message, Sample
+from omnilm.data.sample import AUDIO_TOKEN, Message, Sample, check_messages
 from omnilm.errors import DataError
 
 MARKER_AUDIO = re.compile(re.escape(AUDIO_TOKEN))
@@ -110,6 +110,11 @@ class Processor:
         return sample.messages
 
     def __call__(self, sample: Sample, features: dict | None = None, generation_prompt: bool = False) -> Encoded:
+        if not generation_prompt:  # samples built in code skip the sources' row checks
+            try:
+                check_messages(sample.messages)
+            except DataError as err:
+                raise DataError(f"sample {sample.id or '?'}: {err}") from None
         transcripts: list[str] = []
         if sample.audios and self.audio_route == "transcribe":
             sample, transcripts = self.transcribe(sample)

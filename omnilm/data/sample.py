@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from omnilm.errors import DataError
+
 IMAGE_TOKEN = "<image>"
 AUDIO_TOKEN = "<audio>"
 MEDIA_TOKENS = {"image": IMAGE_TOKEN, "audio": AUDIO_TOKEN}
@@ -25,3 +27,21 @@ class Sample:
     audios: list[Any] = field(default_factory=list)  # paths or float32 16 kHz waveforms
     id: str = ""
     meta: dict = field(default_factory=dict)  # e.g. question type for evaluation
+
+
+def check_messages(messages: list[Message]) -> None:
+    """What a training conversation needs: text turns, and at least one assistant reply, none of
+    them empty (an empty reply would only teach the model to stop at once)."""
+    for number, message in enumerate(messages, start=1):
+        if not isinstance(message.content, str):
+            raise DataError(f"turn {number} ({message.role}): content must be text, "
+                            f"got {type(message.content).__name__}")
+        if message.role == "assistant" and not message.content.strip():
+            raise DataError(f"turn {number}: empty assistant reply (nothing to learn)")
+        try:
+            message.content.encode("utf-8")
+        except UnicodeEncodeError as err:  # e.g. a lone surrogate "\\ud800" escaped in JSON
+            raise DataError(f"turn {number} ({message.role}): invalid Unicode {err.object[err.start]!r} "
+                            f"at character {err.start}") from None
+    if not any(m.role == "assistant" for m in messages):
+        raise DataError("no assistant reply to learn")

@@ -7,15 +7,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnilm.config import DataConfig
-from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample, check_messages
 from omnilm.errors import ConfigError, DataError
+
+
+LOGGED_SKIPS = 20  # skipped rows named one by one in the training log; the rest are counted
 
 
 @dataclass
 class Loaded:
     samples: list[Sample] = field(default_factory=list)
-    skipped: int = 0
-    errors: list[str] = field(default_factory=list)  # first few skip reasons, for the log
+    bad: list[str] = field(default_factory=list)  # every skipped row: "file row: reason"
+
+    @property
+    def skipped(self) -> int:
+        return len(self.bad)
+
+    @property
+    def errors(self) -> list[str]:
+        """The first skipped rows, for the log (`omnilm data check` lists them all)."""
+        return self.bad[:LOGGED_SKIPS]
 
 
 class RowCollector:
@@ -28,14 +39,14 @@ class RowCollector:
         if self.cfg.limit is not None and len(self.out.samples) >= self.cfg.limit:
             return
         try:
-            self.out.samples.append(make())
+            sample = make()
+            check_messages(sample.messages)
+            self.out.samples.append(sample)
         except (KeyError, TypeError, ValueError, AttributeError, DataError) as err:
             message = f"{where}: {err if isinstance(err, DataError) else _describe(err)}"
             if not self.cfg.skip_bad:
                 raise DataError(message + " (set data.skip_bad=true to skip such rows)") from None
-            self.out.skipped += 1
-            if len(self.out.errors) < 5:
-                self.out.errors.append(message)
+            self.out.bad.append(message)
 
 
 def _describe(err: Exception) -> str:
@@ -54,19 +65,34 @@ def _require_file(cfg_value: str | None, key: str) -> Path:
 
 
 def _read_json(path: Path):
+    raw = path.read_bytes()
     try:
-        return json.loads(path.read_text())
+        return json.loads(raw)  # bytes: json detects UTF-8/16/32 and a BOM itself
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: {_not_utf8(raw, err)}; save it as UTF-8") from None
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
 
 
 def _iter_jsonl(path: Path):
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    """(line number, parsed row or the DataError that row is): one bad line is one bad row."""
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            yield number, DataError(_not_utf8(raw, err))
+            continue
         if line.strip():
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as err:
                 yield number, DataError(f"not valid JSON ({err})")
+
+
+def _not_utf8(raw: bytes, err: UnicodeDecodeError) -> str:
+    line = raw.count(b"\n", 0, err.start) + 1
+    where = f"offset {err.start}" + (f" (line {line})" if b"\n" in raw else "")
+    return f"not UTF-8 text: byte 0x{raw[err.start]:02x} at byte {where}"
 
 
 def _resolve(base: Path, value) -> str:
@@ -82,16 +108,20 @@ def coco_captions(cfg: DataConfig) -> Loaded:
     data = _read_json(path)
     if not isinstance(data, dict) or "annotations" not in data or "images" not in data:
         raise DataError(f"{path}: not a COCO captions file (needs 'images' and 'annotations')")
+    if not isinstance(data["images"], list) or not isinstance(data["annotations"], list):
+        raise DataError(f"{path}: 'images' and 'annotations' must be lists")
     image_dir = Path(cfg.image_dir or path.parent)
-    files = {img["id"]: img["file_name"] for img in data["images"] if isinstance(img, dict) and "id" in img}
+    files = _coco_files(data["images"])
     rows = RowCollector(cfg)
     for i, ann in enumerate(data["annotations"]):
         def make(ann=ann, i=i):
             caption, image_id = ann["caption"], ann["image_id"]
             if not isinstance(caption, str) or not caption.strip():
                 raise DataError(f"caption must be non-empty text, got {caption!r}")
-            if image_id not in files:
+            if not isinstance(image_id, (int, str)) or image_id not in files:
                 raise DataError(f"image_id {image_id!r} is not listed under 'images'")
+            if files[image_id] is None:
+                raise DataError(f"the 'images' entry with id {image_id!r} has no 'file_name'")
             return Sample(
                 messages=[Message("user", IMAGE_TOKEN + cfg.prompt), Message("assistant", caption.strip())],
                 images=[_resolve(image_dir, files[image_id])],
@@ -102,7 +132,24 @@ def coco_captions(cfg: DataConfig) -> Loaded:
     return rows.out
 
 
+def _coco_files(images: list) -> dict:
+    """image id -> file name, or None where the entry has no usable 'file_name' (its captions
+    then fail one by one, naming the image, instead of the whole file failing)."""
+    files = {}
+    for img in images:
+        if isinstance(img, dict) and isinstance(img.get("id"), (int, str)):
+            name = img.get("file_name")
+            files[img["id"]] = name if isinstance(name, str) and name else None
+    return files
+
+
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def _role(name) -> str:
+    if not isinstance(name, str) or name not in ROLES:
+        raise DataError(f"unknown role {name!r} (use one of {', '.join(ROLES)})")
+    return ROLES[name]
 
 
 def llava_instruct(cfg: DataConfig) -> Loaded:
@@ -115,13 +162,15 @@ def llava_instruct(cfg: DataConfig) -> Loaded:
     rows = RowCollector(cfg)
     for i, row in enumerate(data):
         def make(row=row, i=i):
-            messages = [Message(ROLES[turn["from"]], turn["value"]) for turn in row["conversations"]]
+            messages = [Message(_role(turn["from"]), turn["value"]) for turn in row["conversations"]]
             if not messages or not all(isinstance(m.content, str) for m in messages):
                 raise DataError("conversations must be a non-empty list of text turns")
             images = [_resolve(image_dir, row["image"])] if row.get("image") else []
             markers = sum(m.content.count(IMAGE_TOKEN) for m in messages)
             if images and markers == 0:  # some rows omit the marker: the image goes first
-                first = next(m for m in messages if m.role == "user")
+                first = next((m for m in messages if m.role == "user"), None)
+                if first is None:
+                    raise DataError("the row has an image but no user turn to attach it to")
                 first.content = IMAGE_TOKEN + "\n" + first.content
             return Sample(messages=messages, images=images, id=str(row.get("id", i)))
 
@@ -149,7 +198,7 @@ def jsonl_messages(cfg: DataConfig) -> Loaded:
                     content = "".join(_part(p, image_dir, audio_dir, images, audios) for p in content)
                 if not isinstance(content, str):
                     raise DataError(f"message content must be text or a list of parts, got {content!r}")
-                messages.append(Message(ROLES[msg["role"]], content))
+                messages.append(Message(_role(msg["role"]), content))
             return Sample(messages=messages, images=images, audios=audios, id=str(row.get("id", number)))
 
         rows.add(f"{path} line {number}", make)
@@ -309,10 +358,15 @@ SOURCES = {
 }
 
 
-def load_samples(cfg: DataConfig) -> Loaded:
+def read_source(cfg: DataConfig) -> Loaded:
+    """The rows of the configured source, as they are (possibly none good)."""
     if cfg.source not in SOURCES:
         raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of {', '.join(SOURCES)}")
-    loaded = SOURCES[cfg.source](cfg)
+    return SOURCES[cfg.source](cfg)
+
+
+def load_samples(cfg: DataConfig) -> Loaded:
+    loaded = read_source(cfg)
     if not loaded.samples:
         raise DataError(f"data source {cfg.source!r} ({cfg.path}) produced no samples")
     return loaded

@@ -1,0 +1,74 @@
+"""`omnilm data check`: every row and media item of a recipe's data, read the way training reads
+it (the same sources, processor and feature cache), so the check and training cannot disagree."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from omnilm.config import Recipe
+from omnilm.data.dataset import SampleDataset, describe_bad
+from omnilm.data.sources import read_source
+from omnilm.errors import ConfigError, DataError
+
+
+@dataclass
+class CheckReport:
+    rows: int = 0  # rows read, good and bad
+    good_ids: list[str] = field(default_factory=list)
+    bad: list[str] = field(default_factory=list)  # "which row or file: why", in file order
+
+    def summary(self) -> str:
+        if not self.bad:
+            return f"all {self.rows} rows are good"
+        return f"{len(self.bad)} of {self.rows} rows are bad; {len(self.good_ids)} good"
+
+
+def check_data(recipe: Recipe, progress: bool = True) -> CheckReport:
+    loaded = read_source(dataclasses.replace(recipe.data, skip_bad=True))  # collect every bad row
+    dataset = SampleDataset(loaded.samples, data_processor(recipe), _feature_cache(recipe))
+    report = CheckReport(rows=len(loaded.samples) + len(loaded.bad), bad=list(loaded.bad))
+    for index, sample in enumerate(tqdm(loaded.samples, desc="checking data", unit="sample", disable=not progress)):
+        try:
+            dataset.encode(sample)
+        except DataError as err:
+            report.bad.append(describe_bad(sample, err))
+        else:
+            report.good_ids.append(sample.id or f"#{index}")
+    return report
+
+
+def data_processor(recipe: Recipe):
+    """The processor training builds, without the language model: its tokenizer and the encoders'
+    preprocessing are all that reading a sample needs."""
+    from omnilm.data.processor import Processor
+    from omnilm.model.build import resolve_path
+    from omnilm.model.encoders import build_encoder
+    from omnilm.model.tokenizer import BYTES, load_tokenizer
+
+    llm = recipe.model.llm
+    if llm.random_config is not None:  # as materialize_random saves it for training
+        tokenizer = load_tokenizer(llm.tokenizer or BYTES)
+    else:
+        tokenizer = load_tokenizer(resolve_path(llm.tokenizer or llm.name_or_path, None), llm.gguf_file)
+    encoders = {}
+    for modality in ("image", "audio"):
+        enc_cfg = copy.deepcopy(getattr(recipe.model, modality))
+        if enc_cfg is not None:
+            enc_cfg.name_or_path = resolve_path(enc_cfg.name_or_path, None)
+            encoders[modality] = build_encoder(enc_cfg, recipe.model.seed)
+    return Processor.from_recipe(recipe, tokenizer, encoders)
+
+
+def _feature_cache(recipe: Recipe):
+    """Training reads cached image features instead of the images when the recipe names a cache."""
+    from omnilm.data.feature_cache import FeatureCache, encoder_identity
+
+    if not recipe.data.feature_cache:
+        return None
+    if recipe.model.image is None:
+        raise ConfigError("data.feature_cache is set but the model has no image encoder")
+    return FeatureCache.open(recipe.data.feature_cache, encoder_identity(recipe.model.image))
+
