@@ -111,6 +111,15 @@ def test_web_app_still_takes_uploads_and_its_examples(ui_server):
         assert "event: complete" in stream, stream[-500:]
 
 
+def test_web_app_uploads_are_capped_at_the_body_limit(engine):
+    small = ServerState(engine, MODEL, limits=Limits(max_body_bytes=50_000))
+    with running_server(create_app(small, ui=True), free_port()) as url:
+        big = httpx.post(url + "/ui/gradio_api/upload", files={"files": ("big.png", b"x" * 60_000, "image/png")})
+        assert big.status_code == 413, big.text
+        ok = httpx.post(url + "/ui/gradio_api/upload", files={"files": ("ok.png", png_bytes(), "image/png")})
+        assert ok.status_code == 200
+
+
 def test_web_app_needs_the_api_key(engine):
     with running_server(create_app(ServerState(engine, MODEL, api_key=KEY), ui=True), free_port()) as url:
         with httpx.Client() as stranger:
