@@ -90,9 +90,11 @@ def _serve_state(args):
     from omnilm.serve.server import load_state
 
     limits = Limits(allow_remote_images=args.allow_remote_images, max_batch_size=args.max_batch_size,
+                    allow_private_image_hosts=args.allow_private_image_hosts,
+                    remote_timeout_s=args.remote_image_timeout,
                     max_new_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
                     max_body_bytes=args.max_body_mb * 1024 * 1024, max_image_pixels=args.max_image_pixels,
-                    max_audio_seconds=args.max_audio_seconds)
+                    max_image_side=args.max_image_side, max_audio_seconds=args.max_audio_seconds)
     return load_state(args.model, model_name=args.model_name, api_key=args.api_key, limits=limits,
                       device=args.device, audio_route=args.audio_route, transcriber=args.transcriber,
                       transcriber_backend=args.transcriber_backend)
@@ -121,12 +123,17 @@ def _add_serving_options(p, port: int) -> None:
                    help="require 'Authorization: Bearer KEY' (default: $OMNILM_API_KEY; none = open)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--allow-remote-images", action="store_true",
-                   help="let requests give http(s) image URLs that the server then fetches")
+                   help="let requests give http(s) image URLs that the server then fetches (public addresses only)")
+    p.add_argument("--allow-private-image-hosts", action="store_true",
+                   help="with --allow-remote-images: also fetch from loopback, private and link-local addresses")
+    p.add_argument("--remote-image-timeout", type=float, default=10.0,
+                   help="seconds for a whole image fetch (connect, redirects, every byte)")
     p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together in one batch")
     p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
     p.add_argument("--max-prompt-tokens", type=int, help="refuse longer prompts (default: the context decides)")
     p.add_argument("--max-body-mb", type=int, default=20, help="largest request body, base64 media included")
-    p.add_argument("--max-image-pixels", type=int, default=16_000_000, help="refuse larger images")
+    p.add_argument("--max-image-pixels", type=int, default=16_000_000, help="refuse images with more pixels")
+    p.add_argument("--max-image-side", type=int, default=16_384, help="refuse images wider or taller than this")
     p.add_argument("--max-audio-seconds", type=float, default=60.0, help="refuse longer audio")
     _add_audio_route_options(p)
 

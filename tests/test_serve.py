@@ -297,8 +297,9 @@ def test_remote_images_only_when_allowed(engine):
     images = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=images.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{images.server_address[1]}"
-    # The server's own limits: same engine, but this front door may fetch image URLs.
-    remote = ServerState(engine, MODEL, limits=Limits(allow_remote_images=True))
+    # The server's own limits: same engine, but this front door may fetch image URLs (from
+    # 127.0.0.1 too, which the default refuses: see tests/test_security_serve.py).
+    remote = ServerState(engine, MODEL, limits=Limits(allow_remote_images=True, allow_private_image_hosts=True))
     try:
         with running_server(create_app(remote), free_port()) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)

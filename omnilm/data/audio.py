@@ -23,6 +23,9 @@ SUPPORTED = "wav, flac, mp3, ogg (anything libsndfile reads)"
 # libsndfile's log notes a chunk whose declared size disagrees with the file: "data : 32000 (should be 1000)".
 DECLARED_SIZE = re.compile(r"^\s*(\S+)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
 UNKNOWN_SIZE = 0xFFFFFFFF  # "length unknown", written by tools that stream WAV into a pipe
+UNKNOWN_LENGTH = 2**63 - 1  # libsndfile's frame count when the header gives none
+MAX_SAMPLING_RATE = 384_000  # decoding work is seconds x rate: refuse absurd declared rates
+BLOCK_SAMPLES = 1 << 20  # samples (frames x channels) decoded at a time
 
 
 def load_audio(
@@ -74,15 +77,11 @@ def _read_bytes(data: bytes, label: str, max_seconds: float | None) -> tuple[np.
 
 
 def _decode(f: BinaryIO, label: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    """-> ([N, 1] mono float32, rate)."""
     try:
-        # Open once and check the header's duration before decoding, so an hour-long file
-        # over the limit fails fast instead of filling memory.
         with sf.SoundFile(f) as snd:
-            rate = snd.samplerate
-            _check_header(snd, label)
-            if max_seconds is not None and snd.frames > 0:
-                _check_length(snd.frames, rate, label, max_seconds)
-            data = snd.read(dtype="float32", always_2d=True)  # [N, C]
+            _check_header(snd, label, max_seconds)
+            return _read_mono(snd), snd.samplerate
     except sf.LibsndfileError as err:
         reason = getattr(err, "error_string", str(err))
         if "does not exist" in reason:
@@ -96,7 +95,28 @@ def _decode(f: BinaryIO, label: str, max_seconds: float | None) -> tuple[np.ndar
         # Anything else raised while decoding (soundfile wraps several codec libraries):
         # still name the file.
         raise MediaError(f"cannot decode audio {label}: {err} (corrupt file?)") from err
-    return data, rate
+
+
+def _check_header(snd: sf.SoundFile, label: str, max_seconds: float | None) -> None:
+    """Refuse from the header, before decoding: an hour-long file fails fast instead of filling memory."""
+    if not 0 < snd.samplerate <= MAX_SAMPLING_RATE:
+        raise MediaError(f"audio {label} declares a sampling rate of {snd.samplerate} Hz; "
+                         f"at most {MAX_SAMPLING_RATE} Hz is read")
+    if snd.frames >= UNKNOWN_LENGTH:
+        raise MediaError(f"audio {label} does not say how long it is (a FLAC written as a stream?); "
+                         "re-encode it, e.g. ffmpeg -i IN OUT.wav")
+    if max_seconds is not None:
+        _check_length(snd.frames, snd.samplerate, label, max_seconds)
+    _check_declared_sizes(snd, label)
+
+
+def _read_mono(snd: sf.SoundFile) -> np.ndarray:
+    """Decode block by block, mixing each block down as it comes: memory holds one mono copy
+    (plus a block), however many channels the file declares."""
+    block_frames = max(1, BLOCK_SAMPLES // snd.channels)
+    blocks = [block.mean(axis=1, keepdims=True)
+              for block in snd.blocks(block_frames, dtype="float32", always_2d=True)]  # [n, C] -> [n, 1]
+    return np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
 
 
 def _from_array(waveform: Any, rate: Any, label: str) -> tuple[np.ndarray, int]:
@@ -147,7 +167,7 @@ def _check_length(frames: int, rate: int, label: str, max_seconds: float) -> Non
         )
 
 
-def _check_header(snd: sf.SoundFile, label: str) -> None:
+def _check_declared_sizes(snd: sf.SoundFile, label: str) -> None:
     """A header that declares more or fewer bytes than the file holds (a cut-off download, a
     header pasted onto other bytes) is corrupt, though libsndfile reads what bytes there are."""
     for chunk, declared, actual in DECLARED_SIZE.findall(snd.extra_info):

@@ -12,11 +12,17 @@ from omnilm.errors import MediaError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MAX_PIXELS = 64_000_000  # refuse decompression bombs well before they exhaust memory
+# Refuse decompression bombs well before they exhaust memory: a few kB of PNG can declare
+# billions of pixels, or a 2,000,000 x 8 strip whose pixel count alone looks harmless.
+MAX_PIXELS = 64_000_000
+MAX_SIDE = 32_768
 
 
-def load_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Path, bytes or PIL image -> RGB PIL image; unreadable input raises MediaError naming it."""
+def load_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE) -> Image.Image:
+    """Path, bytes or PIL image -> RGB PIL image; unreadable input raises MediaError naming it.
+
+    The size is checked from the header, before any pixel is decoded.
+    """
     if isinstance(source, Image.Image):
         return source.convert("RGB")
     label = name or (str(source) if isinstance(source, (str, Path)) else "<image bytes>")
@@ -24,11 +30,18 @@ def load_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS) ->
         raise MediaError(f"image not found: {label}")
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            if img.width * img.height > max_pixels:
-                raise MediaError(f"image too large: {label} is {img.width}x{img.height}, limit {max_pixels} pixels")
+            _check_size(img.width, img.height, label, max_pixels, max_side)
             return img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise MediaError(f"cannot read image {label}: {err}") from None
+
+
+def _check_size(width: int, height: int, label: str, max_pixels: int, max_side: int) -> None:
+    if max(width, height) > max_side:
+        raise MediaError(f"image too large: {label} is {width}x{height}; the limit is {max_side} pixels a side")
+    if width * height > max_pixels:
+        raise MediaError(f"image too large: {label} is {width}x{height} = {width * height} pixels; "
+                         f"the limit is {max_pixels}")
 
 
 class ImageTransform:
@@ -42,8 +55,13 @@ class ImageTransform:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         w, h = image.size
         scale = self.size / min(w, h)
-        image = image.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC)
-        left, top = (image.width - self.size) // 2, (image.height - self.size) // 2
-        image = image.crop((left, top, left + self.size, top + self.size))
+        resized_w, resized_h = max(self.size, round(w * scale)), max(self.size, round(h * scale))
+        left, top = (resized_w - self.size) // 2, (resized_h - self.size) // 2
+        # Resize only the centre square that is kept (its box in source pixels): resize-then-crop's
+        # pixels (within one level of 255; bit-identical for square images) without building the
+        # whole resized image, which for a 16000 x 8 strip would be 448000 x 224.
+        sx, sy = w / resized_w, h / resized_h
+        box = (left * sx, top * sy, (left + self.size) * sx, (top + self.size) * sy)
+        image = image.resize((self.size, self.size), Image.BICUBIC, box=box)
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)  # [3, S, S]
         return (pixels - self.mean) / self.std

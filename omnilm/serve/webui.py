@@ -36,8 +36,10 @@ def build_ui(state) -> tuple[gr.Blocks, list[str]]:
         chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="chat")
         turns = gr.State([])
         with gr.Row():
-            image = gr.Image(type="filepath", label="Image", sources=["upload", "clipboard"], height=200,
-                             elem_id="image-input")
+            # image_mode=None: gradio hands over the uploaded file undecoded, so load_image checks
+            # its size from the header before any pixel is decoded.
+            image = gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
+                             height=200, elem_id="image-input")
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio (microphone or file)",
                              elem_id="audio-input", visible=takes_audio)
         text = gr.Textbox(label="Message", placeholder="Ask about the image…", lines=2, elem_id="message")
@@ -101,7 +103,8 @@ def _user_turn(state, message: str, image_path: str | None, audio_path: str | No
     parts, shown = [], []
     try:
         if image_path:
-            parts.append(load_image(image_path, name="the image", max_pixels=state.limits.max_image_pixels))
+            parts.append(load_image(image_path, name="the image", max_pixels=state.limits.max_image_pixels,
+                                    max_side=state.limits.max_image_side))
             shown.append({"role": "user", "content": gr.Image(image_path)})
         if audio_path:
             clip = AudioClip(load_audio(audio_path, sampling_rate=SAMPLING_RATE, name="the audio",
@@ -148,7 +151,12 @@ def mount_ui(app, state, path: str = UI_PATH) -> None:
     """Put the web app on an existing FastAPI app (the API server) at `path`."""
     demo, allowed = build_ui(state)
     gr.mount_gradio_app(app, demo, path=path, allowed_paths=allowed, auth=_auth(state),
-                        auth_message="This server needs its API key: any user name, the key as password.")
+                        auth_message="This server needs its API key: any user name, the key as password.",
+                        max_file_size=state.limits.max_body_bytes)
+    # Gradio checks that a file a client names was uploaded through the app only once the app
+    # "has launched", which launch() marks and mount_gradio_app (gradio 6.31) does not: without
+    # this, a client could name any server path (/etc/passwd) and get it copied and served back.
+    demo.has_launched = True
 
 
 def _auth(state):
@@ -161,4 +169,4 @@ def launch(state, host: str = "127.0.0.1", port: int = 7860) -> None:
     """`omnilm app`: the web app alone."""
     demo, allowed = build_ui(state)
     demo.launch(server_name=host, server_port=port, allowed_paths=allowed, auth=_auth(state),
-                footer_links=[], show_error=True)
+                max_file_size=state.limits.max_body_bytes, footer_links=[], show_error=True)
