@@ -79,7 +79,7 @@ def _serve_state(args):
                     max_audio_seconds=args.max_audio_seconds)
     return load_state(args.model, model_name=args.model_name, api_key=args.api_key, limits=limits,
                       device=args.device, audio_route=args.audio_route, transcriber=args.transcriber,
-                      transcriber_backend=args.transcriber_backend)
+                      transcriber_backend=args.transcriber_backend, allow_special_tokens=args.allow_special_tokens)
 
 
 def cmd_serve(args) -> None:
@@ -112,6 +112,8 @@ def _add_serving_options(p, port: int) -> None:
     p.add_argument("--max-body-mb", type=int, default=20, help="largest request body, base64 media included")
     p.add_argument("--max-image-pixels", type=int, default=16_000_000, help="refuse larger images")
     p.add_argument("--max-audio-seconds", type=float, default=60.0, help="refuse longer audio")
+    p.add_argument("--allow-special-tokens", action="store_true",
+                   help="let special tokens typed in messages (<|endoftext|>) be control tokens, not text")
     _add_audio_route_options(p)
 
 

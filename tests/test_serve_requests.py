@@ -202,3 +202,18 @@ def test_oversized_chunked_body_gets_its_413(server):
         assert json.loads(response.read())["error"]["code"] == "request_too_large"
     finally:
         connection.close()
+
+
+def test_serve_flag_lets_operators_opt_in(tmp_path):
+    from omnilm.cli import build_parser
+    from omnilm.serve.server import load_state
+
+    args = build_parser().parse_args(["serve", "--model", "m", "--allow-special-tokens"])
+    assert args.allow_special_tokens and not build_parser().parse_args(["serve", "--model", "m"]).allow_special_tokens
+    state = load_state(str(write_tiny_model(tmp_path / "model")), allow_special_tokens=True)
+    try:
+        with running_server(create_app(state), free_port()) as url:
+            response = post(url, body(model=state.model_name, messages=[{"role": "user", "content": EOS_TEXT}]))
+        assert response.json()["usage"]["prompt_tokens"] == 1  # the EOS id itself
+    finally:
+        state.engine.close()
