@@ -217,3 +217,14 @@ def test_serve_flag_lets_operators_opt_in(tmp_path):
         assert response.json()["usage"]["prompt_tokens"] == 1  # the EOS id itself
     finally:
         state.engine.close()
+
+
+def test_a_client_waiting_for_100_continue_gets_the_413_without_sending(server):
+    import socket
+
+    port = int(server.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 67108864\r\nExpect: 100-continue\r\n\r\n")
+        head = sock.recv(65536)
+    assert head.startswith(b"HTTP/1.1 413"), head[:200]

@@ -139,7 +139,7 @@ def render(
                 ids += piece_ids
                 labels += [IGNORE] * len(piece_ids)  # media is never a target
             else:
-                piece_ids = _encode(tokenizer, piece)
+                piece_ids = _encode(tokenizer, piece, sanitize=not special_tokens_in_text)
                 ids += piece_ids
                 labels += piece_ids if segment.learn else [IGNORE] * len(piece_ids)
     for modality, counts in media_tokens.items():
@@ -164,9 +164,9 @@ def _alternatives(tokens: tuple[str, ...]) -> re.Pattern:
     return re.compile("|".join(map(re.escape, longest_first)) or "(?!)")  # (?!) matches nothing
 
 
-def _encode(tokenizer, text: str) -> list[int]:
-    """Ids of a piece: control tokens marked as user text are encoded as plain text."""
+def _encode(tokenizer, text: str, sanitize: bool) -> list[int]:
+    """Ids of a piece; with `sanitize`, control tokens marked as user text are encoded as plain text."""
     try:
-        return tokenizer(text, add_special_tokens=False, sanitize_control_tokens=True)["input_ids"]
+        return tokenizer(text, add_special_tokens=False, sanitize_control_tokens=sanitize)["input_ids"]
     except ValueError as err:  # the tokenizer makes a control token even from the plain characters
         raise DataError(f"cannot encode {text[:80]!r} as plain text: {err}") from None
