@@ -28,11 +28,9 @@ from omnilm.serve.media import SAMPLING_RATE, read_image_url, read_input_audio
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 PART_TYPES = ("text", "image_url", "input_audio")
 # Accepted only at their "off" value (or null / []): silently ignoring them would give the caller wrong results.
-OFF_ONLY = {"n": ((1,), "only 1 is supported"),
-            "response_format": (({"type": "text"},), "only {'type': 'text'} is supported"),
-            "tools": (None, ""), "functions": (None, ""), "tool_choice": (("none",), ""),
-            "function_call": (("none",), ""), "logprobs": ((False,), ""), "top_logprobs": ((0,), ""),
-            "audio": (None, ""), "prediction": (None, "")}
+OFF_ONLY = {"n": (1,), "response_format": ({"type": "text"},), "tools": (), "functions": (), "tool_choice": ("none",),
+            "function_call": ("none",), "logprobs": (False,), "top_logprobs": (0,), "audio": (), "prediction": ()}
+ONLY = {"n": "only 1 is supported", "response_format": "only {'type': 'text'} is supported"}
 MAX_MESSAGES = 512  # the chat template renders prefix by prefix: cost grows with the square of this
 MAX_PARTS = 64  # content parts in one message
 MAX_STOP = 4
@@ -155,9 +153,9 @@ class ChatCompletionRequest(_Strict):
     @field_validator(*OFF_ONLY)
     @classmethod
     def _off_only(cls, value, info: ValidationInfo):
-        allowed, message = OFF_ONLY[info.field_name]
-        if value is not None and value != [] and (allowed is None or value not in allowed):
-            raise PydanticCustomError("unsupported_parameter", message or "not supported by this server")
+        if value is not None and value != [] and value not in OFF_ONLY[info.field_name]:
+            message = ONLY.get(info.field_name, "not supported by this server")
+            raise PydanticCustomError("unsupported_parameter", message)
         return value
 
     @field_validator("max_tokens", "max_completion_tokens")
