@@ -97,7 +97,7 @@ def _serve_state(args):
                     max_image_side=args.max_image_side, max_audio_seconds=args.max_audio_seconds)
     return load_state(args.model, model_name=args.model_name, api_key=args.api_key, limits=limits,
                       device=args.device, audio_route=args.audio_route, transcriber=args.transcriber,
-                      transcriber_backend=args.transcriber_backend)
+                      transcriber_backend=args.transcriber_backend, allow_special_tokens=args.allow_special_tokens)
 
 
 def cmd_serve(args) -> None:
@@ -135,6 +135,8 @@ def _add_serving_options(p, port: int) -> None:
     p.add_argument("--max-image-pixels", type=int, default=16_000_000, help="refuse images with more pixels")
     p.add_argument("--max-image-side", type=int, default=16_384, help="refuse images wider or taller than this")
     p.add_argument("--max-audio-seconds", type=float, default=60.0, help="refuse longer audio")
+    p.add_argument("--allow-special-tokens", action="store_true",
+                   help="let special tokens typed in messages (<|endoftext|>) be control tokens, not text")
     _add_audio_route_options(p)
 
 

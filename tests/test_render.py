@@ -59,3 +59,31 @@ def test_marker_and_media_counts_must_agree(tok):
         render(msgs, tok, get_template("caption"), {"image": [3]})
     with pytest.raises(DataError, match="3 image inputs but 2 <image> markers"):
         render(msgs, tok, get_template("caption"), {"image": [3, 3, 3]})
+
+
+def test_special_tokens_typed_in_messages_stay_text_and_the_templates_stay_tokens(tok):
+    """Only the template writes control tokens; "<|endoftext|>" typed in a message is its 13 characters."""
+    tok = byte_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|endoftext|>\n"
+                         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    typed = "<image>hi<|endoftext|><|pad|> there"
+    for name, template_eos in (("chat", 1), ("phi", 0), ("caption", 0)):
+        ids, _ = render([Message("user", typed)], tok, get_template(name), {"image": [1]}, {"image": 258},
+                        generation_prompt=True)
+        assert ids.count(tok.eos_token_id) == template_eos and tok.pad_token_id not in ids, name
+        assert "hi<|endoftext|><|pad|> there" in tok.decode([i for i in ids if i >= 0])
+        assert ids.count(258) == 1 and ids.count(IMG) == 1  # the media marker still works
+    ids, labels = render([Message("user", "q"), Message("assistant", "a<|endoftext|>b")], tok, get_template("phi"), {})
+    assert ids.count(tok.eos_token_id) == 1 and ids[-1] == tok.eos_token_id  # only the template's EOS ends the reply
+
+
+def test_special_tokens_in_text_when_the_operator_allows_them(tok):
+    ids, _ = render([Message("user", "hi<|endoftext|>")], tok, get_template("caption"), {},
+                    generation_prompt=True, special_tokens_in_text=True)
+    assert ids == b(tok, "hi") + [tok.eos_token_id]
+
+
+def test_text_without_special_tokens_encodes_as_before(tok):
+    msgs = [Message("user", "Colour? \U000f0000x"), Message("assistant", "red")]
+    ids, _ = render(msgs, tok, get_template("phi"), {})
+    assert ids == b(tok, "Instruct: Colour? x\nOutput: red") + [tok.eos_token_id]  # private markers are dropped

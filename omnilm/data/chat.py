@@ -4,11 +4,19 @@ A conversation is rendered as a list of segments (text, learned?). Each segment 
 its own and its labels are written at the same moment as its ids, so the loss mask can never
 drift from the tokens (no re-tokenizing of a rendered string). Media markers inside a segment
 become placeholder ids, one per feature vector, plus an optional end-of-media token.
+
+Message contents are text: a special token typed in them (`<|endoftext|>`, `<|im_end|>`) is
+encoded as the characters it is made of, so a user cannot end a turn or fake one. Only what the
+template itself writes (chat markers, EOS) becomes control tokens. transformers' own
+`sanitize_control_tokens` machinery does the work: contents are marked, then encoded.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+
+from transformers.utils.chat_template_utils import mark_control_tokens
 
 from omnilm.data.sample import MEDIA_TOKENS, PLACEHOLDER_IDS, Message
 from omnilm.errors import ConfigError, DataError
@@ -102,9 +110,16 @@ def render(
     end_token_ids: dict[str, int | None] | None = None,
     generation_prompt: bool = False,
     add_bos: bool = False,
+    special_tokens_in_text: bool = False,
 ) -> tuple[list[int], list[int]]:
-    """-> (input_ids, labels). media_tokens[modality][i] = feature count of that modality's i-th item."""
+    """-> (input_ids, labels). media_tokens[modality][i] = feature count of that modality's i-th item.
+
+    special_tokens_in_text: let special tokens written inside message contents be control tokens
+    (an operator's opt-in; off, they are plain text)."""
     end_token_ids = end_token_ids or {}
+    if not special_tokens_in_text:
+        pattern = control_tokens_pattern(tokenizer)
+        messages = [Message(m.role, mark_control_tokens(m.content, pattern)) for m in messages]
     ids: list[int] = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
     labels: list[int] = [IGNORE] * len(ids)
     used = {m: 0 for m in MEDIA_TOKENS}
@@ -124,7 +139,7 @@ def render(
                 ids += piece_ids
                 labels += [IGNORE] * len(piece_ids)  # media is never a target
             else:
-                piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+                piece_ids = _encode(tokenizer, piece, sanitize=not special_tokens_in_text)
                 ids += piece_ids
                 labels += piece_ids if segment.learn else [IGNORE] * len(piece_ids)
     for modality, counts in media_tokens.items():
@@ -133,3 +148,25 @@ def render(
                 f"{len(counts)} {modality} inputs but {used[modality]} {MEDIA_TOKENS[modality]} markers in the text"
             )
     return ids, labels
+
+
+def control_tokens_pattern(tokenizer) -> re.Pattern:
+    """The tokenizer's special tokens (and chat control tokens it declares), media markers aside:
+    the markers are how media enters a prompt and are checked against the media count."""
+    declared = set(getattr(tokenizer, "chat_control_tokens", None) or ())
+    tokens = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special or t.content in declared}
+    return _alternatives(tuple(sorted(tokens - set(MEDIA_TOKENS.values()))))
+
+
+@lru_cache
+def _alternatives(tokens: tuple[str, ...]) -> re.Pattern:
+    longest_first = sorted(tokens, key=len, reverse=True)  # a token wins over the tokens inside it
+    return re.compile("|".join(map(re.escape, longest_first)) or "(?!)")  # (?!) matches nothing
+
+
+def _encode(tokenizer, text: str, sanitize: bool) -> list[int]:
+    """Ids of a piece; with `sanitize`, control tokens marked as user text are encoded as plain text."""
+    try:
+        return tokenizer(text, add_special_tokens=False, sanitize_control_tokens=sanitize)["input_ids"]
+    except ValueError as err:  # the tokenizer makes a control token even from the plain characters
+        raise DataError(f"cannot encode {text[:80]!r} as plain text: {err}") from None

@@ -26,7 +26,7 @@ class Encoded:
 class Processor:
     def __init__(self, tokenizer, template: str, encoders: dict, end_token_ids: dict, max_length: int,
                  system: str | None = None, audio_max_seconds: float = 120.0, audio_route: str = "auto",
-                 transcriber_config=None, tokens_per_feature: dict | None = None):
+                 transcriber_config=None, tokens_per_feature: dict | None = None, allow_special_tokens: bool = False):
         self.tokenizer = tokenizer
         self.template_name = template
         self.template = get_template(template)
@@ -37,6 +37,8 @@ class Processor:
         self.audio_max_seconds = audio_max_seconds
         self.transcriber_config = transcriber_config
         self.tokens_per_feature = tokens_per_feature or {}  # projectors that expand each feature
+        # Off: special tokens typed in message text stay text; only the template writes control tokens.
+        self.allow_special_tokens = allow_special_tokens
         self._transcriber = None  # loaded on first use: a Whisper model is not small
         if audio_route == "auto":
             audio_route = "native" if "audio" in encoders else "transcribe" if transcriber_config else "none"
@@ -122,9 +124,13 @@ class Processor:
         try:
             ids, labels = render(self.messages(sample), self.tokenizer, self.template,
                                  self.token_counts(media, features), self.end_token_ids,
-                                 generation_prompt=generation_prompt, add_bos=self.add_bos)
+                                 generation_prompt=generation_prompt, add_bos=self.add_bos,
+                                 special_tokens_in_text=self.allow_special_tokens)
         except DataError as err:
             raise DataError(f"sample {sample.id or '?'}: {err}") from None
+        if generation_prompt and not ids:
+            raise DataError(f"sample {sample.id or '?'}: the prompt is empty (no text or media, and template "
+                            f"{self.template_name!r} adds none); send some text")
         if len(ids) > self.max_length:
             if any(i < 0 for i in ids[self.max_length:]) or generation_prompt:
                 raise DataError(f"sample {sample.id or '?'} is {len(ids)} tokens, over max_length={self.max_length}, "

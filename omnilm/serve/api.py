@@ -16,16 +16,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from omnilm.errors import MediaError, OmniError
 from omnilm.serve.engine import Busy, Engine, PromptTooLong
 from omnilm.serve.errors import APIError, bad_request
 from omnilm.serve.limits import Limits
-from omnilm.serve.protocol import (ChatRequest, chunk, completion_id, completion_response, parse_chat_request,
-                                   to_sample, usage)
+from omnilm.serve.protocol import (ChatRequest, chunk, completion_id, completion_response, parse_request,
+                                   to_chat_request, to_sample, usage)
 
 log = logging.getLogger(__name__)
 CREATED = int(time.time())
+# An oversized body is still read (and thrown away) up to these bounds before the 413 goes out:
+# a client that sends its whole body before reading the answer would otherwise see a reset.
+DRAIN_MAX_BYTES = 256 * 1024 * 1024
+DRAIN_MAX_SECONDS = 30.0
 
 
 class ServerState:
@@ -75,11 +80,12 @@ def _routes(state: ServerState) -> APIRouter:
 
     @router.post("/chat/completions")
     async def chat_completions(request: Request):
-        body = _parse_json(await _read_body(request, state.limits.max_body_bytes))
-        if isinstance(body, dict):
-            _check_model(state, body.get("model"))
-        # Decoding images and audio is CPU work: off the event loop, so other requests keep flowing.
-        chat = await run_in_threadpool(parse_chat_request, body, state.limits, state.audio_max_seconds)
+        raw = await _read_body(request, state.limits.max_body_bytes)
+        # Parsing megabytes and decoding images and audio is CPU work: off the event loop, so
+        # other requests keep flowing.
+        parsed = await run_in_threadpool(parse_request, raw, state.limits)
+        _check_model(state, parsed.model)
+        chat = await run_in_threadpool(to_chat_request, parsed, state.limits, state.audio_max_seconds)
         if chat.audio_clips() and state.audio_route == "none":
             raise bad_request("this model has no audio encoder and no transcriber, so it cannot take input_audio; "
                               "send text, or start the server with --transcriber (e.g. zoo:whisper-tiny.en)",
@@ -168,34 +174,46 @@ def _model_card(state: ServerState) -> dict:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to be over the limit (before reading it all)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(int(declared), limit)
-    chunks, size = [], 0
-    async for piece in request.stream():
-        size += len(piece)
-        if size > limit:
-            raise _too_large(size, limit)
-        chunks.append(piece)
-    return b"".join(chunks)
+    """The body, or a 413 once it is known to be over the limit; never more than `limit` bytes in memory.
+
+    The refused rest is drained (bounded by DRAIN_MAX_BYTES / DRAIN_MAX_SECONDS) before answering:
+    HTTP clients like urllib send the whole body before reading, and closing on them unread
+    resets the connection, so they would never see the 413.
+    """
+    declared = request.headers.get("content-length", "")
+    size = int(declared) if declared.isdigit() else 0
+    pieces = request.stream()
+    chunks, seen = [], 0
+    if size <= limit:
+        async for piece in pieces:
+            seen += len(piece)
+            if seen > limit:
+                break
+            chunks.append(piece)
+        else:
+            return b"".join(chunks)
+    # A client that waits for "100 Continue" has sent nothing yet: it can read the 413 right away.
+    if seen or request.headers.get("expect", "").lower() != "100-continue":
+        await _drain(pieces)
+    raise _too_large(max(size, seen), limit)
+
+
+async def _drain(pieces) -> None:
+    drained = 0
+    try:
+        async with asyncio.timeout(DRAIN_MAX_SECONDS):
+            async for piece in pieces:
+                drained += len(piece)
+                if drained > DRAIN_MAX_BYTES:
+                    return
+    except (TimeoutError, ClientDisconnect):
+        return
 
 
 def _too_large(size: int, limit: int) -> APIError:
+    # Connection: close, as the rest of the body may not all have been read.
     return APIError(413, f"the request body is over {limit} bytes ({size} seen); send smaller or fewer images",
-                    code="request_too_large")
-
-
-def _parse_json(raw: bytes):
-    if not raw:
-        raise bad_request("the request body is empty; send a JSON object", code="invalid_json")
-    try:
-        return json.loads(raw)
-    except UnicodeDecodeError as err:
-        raise bad_request(f"the request body is not UTF-8 text: {err}", code="invalid_json") from None
-    except json.JSONDecodeError as err:
-        raise bad_request(f"the request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}",
-                          code="invalid_json") from None
+                    code="request_too_large", headers={"Connection": "close"})
 
 
 def _install_error_handlers(app: FastAPI) -> None:

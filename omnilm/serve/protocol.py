@@ -1,28 +1,171 @@
 """OpenAI chat-completions JSON -> a checked request; and the response / chunk JSON back.
 
-Parsing is explicit (no pydantic models) so each refusal can name the exact field
-(`messages[2].content[0].image_url.url`) the way OpenAI's own errors do.
+The raw body is parsed and checked in one step by typed pydantic models (ChatCompletionRequest):
+jiter refuses invalid JSON, lone surrogates and nesting deeper than 200 levels; every number has
+its bounds and must be finite; strings and lists have length caps. A refusal is a 400 that names
+its field the way OpenAI's errors do (`messages[2].content[0].image_url.url`). Media are decoded
+afterwards (to_chat_request), off the event loop.
 """
 from __future__ import annotations
 
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from PIL import Image
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      ValidationInfo, field_validator)
+from pydantic_core import PydanticCustomError
 
 from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, MEDIA_TOKENS, Message, Sample
 from omnilm.generate import GenerationConfig
-from omnilm.serve.errors import bad_request
+from omnilm.serve.errors import APIError, bad_request
 from omnilm.serve.limits import Limits
 from omnilm.serve.media import SAMPLING_RATE, read_image_url, read_input_audio
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# Accepted only at their "off" value: silently ignoring them would give the caller wrong results.
-UNSUPPORTED = {"tools": None, "functions": None, "tool_choice": ("none",), "function_call": ("none",),
-               "logprobs": (False,), "top_logprobs": (0,), "audio": None, "prediction": None}
+PART_TYPES = ("text", "image_url", "input_audio")
+# Accepted only at their "off" value (or null / []): silently ignoring them would give the caller wrong results.
+OFF_ONLY = {"n": (1,), "response_format": ({"type": "text"},), "tools": (), "functions": (), "tool_choice": ("none",),
+            "function_call": ("none",), "logprobs": (False,), "top_logprobs": (0,), "audio": (), "prediction": ()}
+ONLY = {"n": "only 1 is supported", "response_format": "only {'type': 'text'} is supported"}
+MAX_MESSAGES = 512  # the chat template renders prefix by prefix: cost grows with the square of this
+MAX_PARTS = 64  # content parts in one message
 MAX_STOP = 4
+MAX_STOP_CHARS = 256  # every stop string is searched for after every generated token
+MAX_MODEL_NAME = 256
+MAX_TOP_K = 2**31 - 1
+INT64 = 2**63  # seeds are int64, as torch.manual_seed takes them
+GREEDY_BELOW = 1e-5  # as vLLM: logits / 1e-45 overflow to inf; such temperatures mean "greedy"
+
+
+def _json_kind(value) -> str | None:
+    """The tag of a field that may be a string or a list (or object): picks the member to validate."""
+    return "<string>" if isinstance(value, str) else "<list>" if isinstance(value, list) else \
+        "<object>" if isinstance(value, dict) else None
+
+
+def _part_kind(value) -> str | None:
+    kind = value.get("type") if isinstance(value, dict) else None
+    return f"<{kind}>" if kind in PART_TYPES else None
+
+
+def _no_media_markers(text: str) -> str:
+    for token in MEDIA_TOKENS.values():
+        # The markers are how media enters the prompt; typed ones would shift every image.
+        if token in text:
+            raise PydanticCustomError("reserved_marker", "contains the reserved marker {token}; send media as "
+                                      "image_url / input_audio parts instead", {"token": token})
+    return text
+
+
+# Union members are tagged <like-this>; `param_path` leaves the tags out of the field path.
+UserText = Annotated[str, AfterValidator(_no_media_markers)]
+StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+
+
+class _Strict(BaseModel):
+    # strict: "5" is not a number and 1 is not true; unknown fields are ignored, as OpenAI clients send many.
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: UserText
+
+
+class ImageURL(_Strict):
+    url: str  # checked (and decoded) by omnilm.serve.media
+
+
+class ImagePart(_Strict):
+    type: Literal["image_url"]
+    image_url: Annotated[Annotated[ImageURL, Tag("<object>")] | Annotated[str, Tag("<string>")],
+                         Discriminator(_json_kind, custom_error_type="invalid_type",
+                                       custom_error_message="must be an object with a 'url' string")]
+
+    @property
+    def url(self) -> str:
+        return self.image_url if isinstance(self.image_url, str) else self.image_url.url
+
+
+class InputAudio(_Strict):
+    data: str  # base64; format and contents are checked by omnilm.serve.media
+    format: str
+
+
+class AudioPart(_Strict):
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+Part = Annotated[Annotated[TextPart, Tag("<text>")] | Annotated[ImagePart, Tag("<image_url>")]
+                 | Annotated[AudioPart, Tag("<input_audio>")],
+                 Discriminator(_part_kind, custom_error_type="unsupported_part",
+                               custom_error_message="unsupported content part")]
+Content = Annotated[Annotated[UserText, Tag("<string>")]
+                    | Annotated[list[Part], Field(min_length=1, max_length=MAX_PARTS), Tag("<list>")],
+                    Discriminator(_json_kind, custom_error_type="invalid_type",
+                                  custom_error_message="must be a string or a non-empty list of parts")]
+Stop = Annotated[Annotated[StopText, Tag("<string>")]
+                 | Annotated[list[StopText], Field(max_length=MAX_STOP), Tag("<list>")],
+                 Discriminator(_json_kind, custom_error_type="invalid_type",
+                               custom_error_message=f"must be a non-empty string or a list of up to {MAX_STOP}")]
+
+
+class ChatMessage(_Strict):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Content
+
+
+class StreamOptions(_Strict):
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(_Strict):
+    """The fields this server reads, each with its type and bounds; anything else is ignored."""
+
+    model: str = Field(min_length=1, max_length=MAX_MODEL_NAME)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = None  # bounds come from the server's Limits (validation context)
+    max_completion_tokens: int | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K)  # not OpenAI's, but vLLM-style clients send it
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    seed: int | None = Field(None, ge=-INT64, le=INT64 - 1)
+    stop: Stop | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: Any = None
+    response_format: Any = None
+    tools: Any = None
+    functions: Any = None
+    tool_choice: Any = None
+    function_call: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    audio: Any = None
+    prediction: Any = None
+
+    @field_validator(*OFF_ONLY)
+    @classmethod
+    def _off_only(cls, value, info: ValidationInfo):
+        if value is not None and value != [] and value not in OFF_ONLY[info.field_name]:
+            message = ONLY.get(info.field_name, "not supported by this server")
+            raise PydanticCustomError("unsupported_parameter", message)
+        return value
+
+    @field_validator("max_tokens", "max_completion_tokens")
+    @classmethod
+    def _within_limit(cls, value, info: ValidationInfo):
+        limit = info.context["limits"].max_new_tokens
+        if value is not None and not 1 <= value <= limit:
+            raise PydanticCustomError("invalid_value", "must be between 1 and {limit}, got {value}",
+                                      {"limit": limit, "value": value})
+        return value
 
 
 @dataclass
@@ -49,37 +192,71 @@ class ChatRequest:
         return [p for t in self.turns for p in t.parts if isinstance(p, AudioClip)]
 
 
-def parse_chat_request(body, limits: Limits, audio_max_seconds: float) -> ChatRequest:
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required (see GET /v1/models)", "model")
-    for name, allowed in UNSUPPORTED.items():
-        value = body.get(name)
-        if value is not None and value != [] and (allowed is None or value not in allowed):
-            raise bad_request(f"'{name}' is not supported by this server", name, "unsupported_parameter")
-    n = body.get("n", 1)
-    if n is not None and n != 1:
-        raise bad_request("only n=1 is supported", "n", "unsupported_parameter")
-    fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        raise bad_request("only response_format {'type': 'text'} is supported", "response_format",
-                          "unsupported_parameter")
-    turns = parse_messages(body.get("messages"), limits, audio_max_seconds)
-    config, given = generation_config(body, limits)
-    stream = _typed(body, "stream", bool, False)
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise bad_request("'stream_options' must be an object", "stream_options")
-    include_usage = bool(options.get("include_usage", False))
-    return ChatRequest(model, turns, config, given, stream, include_usage)
+def parse_request(raw: bytes, limits: Limits) -> ChatCompletionRequest:
+    """The raw body -> a typed request, or the 400 that says what is wrong and where."""
+    if not raw.strip():
+        raise bad_request("the request body is empty; send a JSON object", code="invalid_json")
+    try:
+        return ChatCompletionRequest.model_validate_json(raw, context={"limits": limits})
+    except ValidationError as err:
+        raise refusal(err) from None
 
 
-def parse_messages(messages, limits: Limits, audio_max_seconds: float) -> list[Turn]:
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty list", "messages")
-    turns = [parse_message(m, f"messages[{i}]", limits, audio_max_seconds) for i, m in enumerate(messages)]
+def refusal(err: ValidationError) -> APIError:
+    """The first problem pydantic found, in OpenAI's terms (param = the field's path)."""
+    problems = err.errors(include_url=False)
+    first = problems[0]
+    kind, param = first["type"], param_path(first["loc"])
+    if kind == "json_invalid":
+        problem = first["ctx"]["error"]
+        hint = next((h for words, h in JSON_HINTS.items() if words in problem), "")
+        return bad_request(f"the request body is not valid JSON: {problem}{hint}", code="invalid_json")
+    message = first["msg"]
+    if kind == "unsupported_part":
+        given = first["input"]
+        param = f"{param}.type"
+        message = (f"type {given.get('type')!r} is not supported" if isinstance(given, dict) else
+                   "a content part must be an object with a 'type'") + f"; use {', '.join(PART_TYPES)}"
+    elif kind in BUILT_IN_WITH_INPUT and _is_scalar(first["input"]):
+        message += f" (got {_short(first['input'])})"
+    more = f" ({len(problems) - 1} more problem{'s' * (len(problems) > 2)} after this one)" if len(problems) > 1 else ""
+    code = "invalid_value" if kind in RANGE_ERRORS else kind if kind in CUSTOM_CODES else None
+    return bad_request(f"{param}: {message}{more}" if param else f"{message}{more}", param, code)
+
+
+JSON_HINTS = {"recursion limit": " (nested too deeply)",
+              "hex escape": " (a \\ud800-\\udfff escape must be half of a surrogate pair)"}
+RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+CUSTOM_CODES = {"invalid_value", "unsupported_parameter", "reserved_marker"}
+# Built-in errors whose refused value helps the reader ("got 7.5"); lengths and missing fields say enough.
+BUILT_IN_WITH_INPUT = RANGE_ERRORS | {"int_type", "float_type", "bool_type", "string_type", "literal_error",
+                                      "invalid_type", "model_type"}
+
+
+def param_path(loc: tuple) -> str | None:
+    """('messages', 0, 'content', '<list>', 1, '<image_url>', 'image_url') -> messages[0].content[1].image_url"""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not part.startswith("<"):  # union tags are not fields
+            path += f".{part}" if path else part
+    return path or None
+
+
+def _is_scalar(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def to_chat_request(request: ChatCompletionRequest, limits: Limits, audio_max_seconds: float) -> ChatRequest:
+    """Decode the media and check what spans messages (roles, counts). CPU work: run it off the event loop."""
+    seconds = min(limits.max_audio_seconds, audio_max_seconds)
+    turns = [to_turn(m, f"messages[{i}]", limits, seconds) for i, m in enumerate(request.messages)]
     if turns[-1].role != "user":
         raise bad_request("the last message must come from the user", f"messages[{len(turns) - 1}].role")
     images = sum(isinstance(p, Image.Image) for t in turns for p in t.parts)
@@ -90,102 +267,48 @@ def parse_messages(messages, limits: Limits, audio_max_seconds: float) -> list[T
     if audios > limits.max_audios:
         raise bad_request(f"{audios} audio inputs in the request; the limit is {limits.max_audios}", "messages",
                           "too_many_audios")
-    return turns
+    options = request.stream_options or StreamOptions()
+    return ChatRequest(request.model, turns, generation_config(request, limits), _max_tokens(request) is not None,
+                       bool(request.stream), bool(options.include_usage))
 
 
-def parse_message(message, param: str, limits: Limits, audio_max_seconds: float) -> Turn:
-    if not isinstance(message, dict):
-        raise bad_request(f"{param} must be an object with 'role' and 'content'", param)
-    role = message.get("role")
-    if role not in ROLES:
-        raise bad_request(f"{param}.role {role!r} is not supported; use system, user or assistant", f"{param}.role")
-    content = message.get("content")
-    if isinstance(content, str):
-        return Turn(ROLES[role], [_text(content, f"{param}.content")])
-    if not isinstance(content, list) or not content:
-        raise bad_request(f"{param}.content must be a string or a non-empty list of parts", f"{param}.content")
+def to_turn(message: ChatMessage, param: str, limits: Limits, audio_seconds: float) -> Turn:
+    role = ROLES[message.role]
+    if isinstance(message.content, str):
+        return Turn(role, [message.content])
     parts = []
-    for j, part in enumerate(content):
+    for j, part in enumerate(message.content):
         where = f"{param}.content[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            parts.append(_text(part.get("text"), f"{where}.text"))
-        elif kind in ("image_url", "input_audio") and role != "user":
-            raise bad_request(f"{where}: only user messages may carry {kind}", f"{where}.type")
-        elif kind == "image_url":
-            image_url = part.get("image_url")
-            url = image_url.get("url") if isinstance(image_url, dict) else image_url
-            parts.append(read_image_url(url, f"{where}.image_url.url", limits))
-        elif kind == "input_audio":
-            seconds = min(limits.max_audio_seconds, audio_max_seconds)
-            parts.append(AudioClip(read_input_audio(part.get("input_audio"), f"{where}.input_audio", limits, seconds)))
+        if isinstance(part, TextPart):
+            parts.append(part.text)
+        elif role != "user":
+            raise bad_request(f"{where}: only user messages may carry {part.type}", f"{where}.type")
+        elif isinstance(part, ImagePart):
+            parts.append(read_image_url(part.url, f"{where}.image_url.url", limits))
         else:
-            raise bad_request(f"{where}.type {kind!r} is not supported; use text, image_url or input_audio",
-                              f"{where}.type")
-    return Turn(ROLES[role], parts)
+            clip = read_input_audio(part.input_audio.model_dump(), f"{where}.input_audio", limits, audio_seconds)
+            parts.append(AudioClip(clip))
+    return Turn(role, parts)
 
 
-def _text(value, param: str) -> str:
-    if not isinstance(value, str):
-        raise bad_request(f"{param} must be a string", param)
-    for token in MEDIA_TOKENS.values():
-        # The markers are how media enters the prompt; typed ones would shift every image.
-        if token in value:
-            raise bad_request(f"{param} contains the reserved marker {token}; send media as image_url / "
-                              "input_audio parts instead", param)
-    return value
+def _max_tokens(request: ChatCompletionRequest) -> int | None:
+    given = request.max_completion_tokens
+    return given if given is not None else request.max_tokens
 
 
-def generation_config(body: dict, limits: Limits) -> tuple[GenerationConfig, bool]:
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _typed(body, key, int, None)
-    if max_tokens is not None and not 1 <= max_tokens <= limits.max_new_tokens:
-        raise bad_request(f"{key} must be between 1 and {limits.max_new_tokens}, got {max_tokens}", key,
-                          "invalid_value")
-    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
-    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    if top_p == 0.0:
-        raise bad_request("top_p must be greater than 0", "top_p", "invalid_value")
-    top_k = _typed(body, "top_k", int, 0)  # not OpenAI's, but vLLM-style clients send it
-    if top_k < 0:
-        raise bad_request("top_k must be >= 0 (0 = off)", "top_k", "invalid_value")
-    repetition_penalty = _number(body, "repetition_penalty", 1.0, 0.0, 10.0)
-    if repetition_penalty == 0.0:
-        raise bad_request("repetition_penalty must be greater than 0", "repetition_penalty", "invalid_value")
-    seed = _typed(body, "seed", int, None)
-    config = GenerationConfig(max_new_tokens=max_tokens or limits.default_max_tokens, temperature=temperature,
-                              top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                              stop=_stop(body.get("stop")), seed=seed)
-    return config, max_tokens is not None
+def generation_config(request: ChatCompletionRequest, limits: Limits) -> GenerationConfig:
+    temperature = _or(request.temperature, 1.0)
+    stop = request.stop or []
+    return GenerationConfig(max_new_tokens=_max_tokens(request) or limits.default_max_tokens,
+                            temperature=0.0 if temperature < GREEDY_BELOW else temperature,
+                            top_p=_or(request.top_p, 1.0), top_k=_or(request.top_k, 0),
+                            repetition_penalty=_or(request.repetition_penalty, 1.0),
+                            stop=[stop] if isinstance(stop, str) else list(stop), seed=request.seed)
 
 
-def _stop(stop) -> list[str]:
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP:
-        raise bad_request(f"'stop' must be a non-empty string or a list of up to {MAX_STOP} of them", "stop")
-    return list(stops)
-
-
-def _typed(body: dict, key: str, kind: type, default):
-    value = body.get(key)
-    if value is None:
-        return default
-    # bool is an int in Python; `"max_tokens": true` is still a mistake.
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise bad_request(f"'{key}' must be {'an integer' if kind is int else 'a ' + kind.__name__}", key)
-    return value
-
-
-def _number(body: dict, key: str, default: float, low: float, high: float) -> float:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise bad_request(f"'{key}' must be a number between {low:g} and {high:g}, got {value!r}", key,
-                          "invalid_value")
-    return float(value)
+def _or(value, default):
+    """OpenAI clients send null for "not set"."""
+    return default if value is None else value
 
 
 def to_sample(turns: list[Turn]) -> Sample:

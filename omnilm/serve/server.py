@@ -14,13 +14,15 @@ log = logging.getLogger(__name__)
 
 def load_state(model_dir: str, *, model_name: str | None = None, api_key: str | None = None,
                limits: Limits | None = None, device: str | None = None, audio_route: str | None = None,
-               transcriber: str | None = None, transcriber_backend: str | None = None) -> ServerState:
+               transcriber: str | None = None, transcriber_backend: str | None = None,
+               allow_special_tokens: bool = False) -> ServerState:
     """Load the model once (audio route and transcriber may override its recipe) and start the engine."""
     from omnilm.config import transcriber_config
     from omnilm.model.build import load_pretrained
 
     model = load_pretrained(model_dir, device=device, audio_route=audio_route,
                             transcriber=transcriber_config(transcriber, transcriber_backend))
+    model.processor.allow_special_tokens = allow_special_tokens  # before the engine copies the processor
     engine = Engine(model, limits or Limits()).start()
     name = model_name or Path(model_dir).resolve().name
     log.info("serving %s as %r (audio route: %s)", model_dir, name, model.processor.audio_route)
