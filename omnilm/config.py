@@ -133,6 +133,9 @@ class DataConfig:
     template: str = "caption"  # prompt template, see omnilm.data.chat.TEMPLATES
     prompt: str = ""  # extra user text for single-turn templates (e.g. "Describe the image.")
     system: Optional[str] = None
+    # Each user turn's media markers first (images, then audio), then its text, as LLaVA lays out
+    # its data: the model then reads the same prompt whatever order a client sends the parts in.
+    media_first: bool = False
     max_length: int = bounded(512, ge=1)
     limit: Optional[int] = bounded(None, ge=1)  # use only the first N samples
     skip_bad: bool = False  # skip (and count) unreadable samples instead of stopping

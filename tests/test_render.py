@@ -87,3 +87,31 @@ def test_text_without_special_tokens_encodes_as_before(tok):
     msgs = [Message("user", "Colour? \U000f0000x"), Message("assistant", "red")]
     ids, _ = render(msgs, tok, get_template("phi"), {})
     assert ids == b(tok, "Instruct: Colour? x\nOutput: red") + [tok.eos_token_id]  # private markers are dropped
+
+
+def test_media_first_moves_markers_to_the_start_of_the_turn():
+    from omnilm.data.chat import media_first
+
+    assert media_first("is there a red shape?\n<image>") == "<image>\nis there a red shape?"
+    assert media_first("<image>\nis there a red shape?") == "<image>\nis there a red shape?"
+    assert media_first("<audio>\n<image>") == "<image>\n<audio>"  # images first, then audio
+    assert media_first("compare <image> and\n<image>\nplease") == "<image>\n<image>\ncompare and\nplease"
+    assert media_first("two\n\nlines") == "two\n\nlines"
+
+
+def test_processor_with_media_first_reads_every_layout_alike(tok):
+    """The quickstart's recipes set data.media_first: a question sent before or after its image
+    (the API keeps the order of the parts) is the same prompt to the model."""
+    import torch
+
+    from omnilm.data.processor import Processor
+    from omnilm.data.sample import Sample
+
+    def encode(text, **options):
+        processor = Processor(tok, "plain", {}, {}, 512, **options)
+        sample = Sample([Message("user", text), Message("assistant", "no")], images=["a.png"])
+        return processor(sample, features={"image": [torch.zeros(3, 8)]}).input_ids.tolist()
+
+    before, after = "<image>\nis there a red shape?", "is there a red shape?\n<image>"
+    assert encode(after, media_first=True) == encode(before, media_first=True) == encode(before)
+    assert encode(after) != encode(before)  # off by default: the text is rendered as written

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from omnilm.data.chat import IGNORE, get_template, render
+from omnilm.data.chat import IGNORE, get_template, media_first, render
 from omnilm.data.images import load_image
 from omnilm.data.sample import AUDIO_TOKEN, Message, Sample, check_messages
 from omnilm.errors import DataError
@@ -26,7 +26,8 @@ class Encoded:
 class Processor:
     def __init__(self, tokenizer, template: str, encoders: dict, end_token_ids: dict, max_length: int,
                  system: str | None = None, audio_max_seconds: float = 120.0, audio_route: str = "auto",
-                 transcriber_config=None, tokens_per_feature: dict | None = None, allow_special_tokens: bool = False):
+                 transcriber_config=None, tokens_per_feature: dict | None = None, allow_special_tokens: bool = False,
+                 media_first: bool = False):
         self.tokenizer = tokenizer
         self.template_name = template
         self.template = get_template(template)
@@ -34,6 +35,7 @@ class Processor:
         self.end_token_ids = end_token_ids
         self.max_length = max_length
         self.system = system
+        self.media_first = media_first  # see DataConfig.media_first
         self.audio_max_seconds = audio_max_seconds
         self.transcriber_config = transcriber_config
         self.tokens_per_feature = tokens_per_feature or {}  # projectors that expand each feature
@@ -53,7 +55,8 @@ class Processor:
         audio_max = model.audio.max_seconds if model.audio is not None else 120.0
         expand = {m: getattr(model, m).projector.tokens_per_feature for m in ends}
         return cls(tokenizer, recipe.data.template, encoders, ends, recipe.data.max_length,
-                   recipe.data.system, audio_max, model.audio_route, model.transcriber, expand)
+                   recipe.data.system, audio_max, model.audio_route, model.transcriber, expand,
+                   media_first=recipe.data.media_first)
 
     def load_media(self, sample: Sample, features: dict | None = None) -> tuple[dict, dict]:
         """Read and preprocess each media item unless its encoder features are given."""
@@ -107,9 +110,12 @@ class Processor:
         return Sample(messages, list(sample.images), [], sample.id, dict(sample.meta)), texts
 
     def messages(self, sample: Sample) -> list[Message]:
-        if self.system and not any(m.role == "system" for m in sample.messages):
-            return [Message("system", self.system), *sample.messages]
-        return sample.messages
+        messages = sample.messages
+        if self.media_first:
+            messages = [Message(m.role, media_first(m.content)) if m.role == "user" else m for m in messages]
+        if self.system and not any(m.role == "system" for m in messages):
+            return [Message("system", self.system), *messages]
+        return messages
 
     def __call__(self, sample: Sample, features: dict | None = None, generation_prompt: bool = False) -> Encoded:
         if not generation_prompt:  # samples built in code skip the sources' row checks
