@@ -11,8 +11,9 @@ and step counts filled in, then evaluates on test questions never seen in traini
   3. stage1    image projector (frozen LLM) learns to  quickstart-stage1.yaml
                describe each image ("blue rectangle")
   4. stage2    LoRA on every linear layer + projector:  quickstart-stage2.yaml
-               say what the image shows, then answer (image before or after the question)
-  5. typed     accuracy on typed test questions in both layouts, beside the majority and blind baselines
+               say what the image shows, then answer
+  5. typed     accuracy on typed test questions, the image before and after the question (the
+               recipe reads both as one layout: data.media_first), beside two baselines
   6. speech    espeak-ng clips of every question (training voices and a held-out test voice)
   7. audio     audio projector: write out the spoken question, then answer it
                quickstart-audio-align.yaml, quickstart-spoken.yaml
@@ -62,7 +63,7 @@ class Plan:
 
 FULL = Plan(stage1=40, stage2=100, audio_align=80, spoken=100, questions=1000)
 # The first 12,000 questions cover 1,240 of the 4,000 training images: fewer features to cache.
-FAST = Plan(stage1=20, stage2=60, audio_align=30, spoken=30, questions=300, train_questions=12_000,
+FAST = Plan(stage1=20, stage2=80, audio_align=30, spoken=30, questions=300, train_questions=12_000,
             train_images=1_000)
 
 

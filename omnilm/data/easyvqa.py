@@ -28,9 +28,9 @@ NEGATIONS = frozenset({"not", "no"})  # "is there not a circle?", "is no red sha
 QUESTION_TYPES = {"yes/no": YES_NO_ANSWERS, "color": COLOR_ANSWERS, "shape": SHAPE_ANSWERS}
 
 # The layouts `omnilm chat`, the web app and the API build from an image and a question (the API
-# keeps its parts in the order sent), so a model trained on both answers them all:
-# "<image>\nis there a red shape?" or "is there a red shape?\n<image>" -> " yes". No
-# "Question:"/"Answer:" wrapping: its 5 tokens a sample made each training step ~25 % longer.
+# keeps its parts in the order sent): "<image>\nis there a red shape?" or "is there a red
+# shape?\n<image>" -> " yes". No "Question:"/"Answer:" wrapping: its 5 tokens a sample made each
+# training step ~25 % longer.
 TEXT_TEMPLATE = IMAGE_TOKEN + "\n{question}"
 # With a spoken question the audio takes the question's place; no transcript is given.
 SPOKEN_TEMPLATE = IMAGE_TOKEN + "\n" + AUDIO_TOKEN
