@@ -10,8 +10,9 @@ from tqdm import tqdm
 
 from omnilm.config import Recipe
 from omnilm.data.dataset import SampleDataset, describe_bad
+from omnilm.data.feature_cache import open_recipe_cache
 from omnilm.data.sources import read_source
-from omnilm.errors import ConfigError, DataError
+from omnilm.errors import DataError
 
 
 @dataclass
@@ -28,7 +29,7 @@ class CheckReport:
 
 def check_data(recipe: Recipe, progress: bool = True) -> CheckReport:
     loaded = read_source(dataclasses.replace(recipe.data, skip_bad=True))  # collect every bad row
-    dataset = SampleDataset(loaded.samples, data_processor(recipe), _feature_cache(recipe))
+    dataset = SampleDataset(loaded.samples, data_processor(recipe), open_recipe_cache(recipe))
     report = CheckReport(rows=len(loaded.samples) + len(loaded.bad), bad=list(loaded.bad))
     for index, sample in enumerate(tqdm(loaded.samples, desc="checking data", unit="sample", disable=not progress)):
         try:
@@ -60,15 +61,4 @@ def data_processor(recipe: Recipe):
             enc_cfg.name_or_path = resolve_path(enc_cfg.name_or_path, None)
             encoders[modality] = build_encoder(enc_cfg, recipe.model.seed)
     return Processor.from_recipe(recipe, tokenizer, encoders)
-
-
-def _feature_cache(recipe: Recipe):
-    """Training reads cached image features instead of the images when the recipe names a cache."""
-    from omnilm.data.feature_cache import FeatureCache, encoder_identity
-
-    if not recipe.data.feature_cache:
-        return None
-    if recipe.model.image is None:
-        raise ConfigError("data.feature_cache is set but the model has no image encoder")
-    return FeatureCache.open(recipe.data.feature_cache, encoder_identity(recipe.model.image))
 

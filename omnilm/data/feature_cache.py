@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from omnilm.data.sources import LOGGED_SKIPS
-from omnilm.errors import DataError, OmniError
+from omnilm.errors import ConfigError, DataError, OmniError
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +122,12 @@ def encoder_identity(enc_cfg) -> dict:
     return {"type": enc_cfg.type, "name_or_path": enc_cfg.name_or_path, "random_config": enc_cfg.random_config,
             "layer": enc_cfg.layer, "drop_cls": enc_cfg.drop_cls, "image_size": enc_cfg.image_size,
             **({"pool_grid": enc_cfg.pool_grid} if enc_cfg.pool_grid else {})}  # old caches stay valid
+
+
+def open_recipe_cache(recipe) -> FeatureCache | None:
+    """The cache a recipe reads image features from instead of its images (None: it reads images)."""
+    if not recipe.data.feature_cache:
+        return None
+    if recipe.model.image is None:
+        raise ConfigError("data.feature_cache is set but the model has no image encoder")
+    return FeatureCache.open(recipe.data.feature_cache, encoder_identity(recipe.model.image))

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from omnilm.config import Recipe, save_recipe
 from omnilm.data.collate import collate
 from omnilm.data.dataset import ResumableBatches, SampleDataset
-from omnilm.data.feature_cache import FeatureCache, encoder_identity
+from omnilm.data.feature_cache import open_recipe_cache
 from omnilm.data.sources import load_samples
 from omnilm.errors import ConfigError, OmniError
 from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
@@ -109,7 +109,7 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
         remove_stale_temps(run_dir)  # what a killed run was still writing
         materialize_random(recipe, run_dir / "base")  # once, before the other ranks read it
     accelerator.wait_for_everyone()
-    cache = _feature_cache(recipe)  # identified by the encoder as the user's recipe names it
+    cache = open_recipe_cache(recipe)  # identified by the encoder as the user's recipe names it
     recipe = materialize_random(recipe, run_dir / "base")
     if main:
         save_recipe(portable(recipe, run_dir), run_dir / RECIPE_FILE)
@@ -216,14 +216,6 @@ def _loss(model, batch) -> torch.Tensor:
     if len(batch) == 0:  # every sample in it was skipped: a zero loss keeps DDP ranks in step
         return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
     return model(**batch.model_inputs()).loss
-
-
-def _feature_cache(recipe: Recipe):
-    if not recipe.data.feature_cache:
-        return None
-    if recipe.model.image is None:
-        raise ConfigError("data.feature_cache is set but the model has no image encoder")
-    return FeatureCache.open(recipe.data.feature_cache, encoder_identity(recipe.model.image))
 
 
 def _save_checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, run_dir: Path, keep: int):
