@@ -89,8 +89,8 @@ def generate(model, processor, prompts: Sequence[Sample | Encoded], config: Gene
     if not prompts:
         return []
     batch, lengths = prepare(model, processor, prompts)
-    replies = _Replies(processor.tokenizer, config.stop, end_ids(model, processor.tokenizer, config),
-                       list(readers or [None] * len(prompts)))
+    eos = set() if config.ignore_eos else eos_ids(model, processor.tokenizer)
+    replies = _Replies(processor.tokenizer, config.stop, eos, list(readers or [None] * len(prompts)))
     # inference_mode, not just the no_grad transformers uses: it also skips autograd's version
     # counters and view tracking on every op, which is most of the per-token cost of small models
     # (about 12 % of the step on the tiny recipe). Nothing made here outlives the call.
@@ -145,11 +145,6 @@ def eos_ids(model, tokenizer) -> set[int]:
     configured = getattr(getattr(model.llm, "generation_config", None), "eos_token_id", None)
     ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
     return {int(i) for i in ids if i is not None}
-
-
-def end_ids(model, tokenizer, config: GenerationConfig) -> set[int]:
-    """The token ids that end a reply under `config` (none when it ignores EOS)."""
-    return set() if config.ignore_eos else eos_ids(model, tokenizer)
 
 
 def _generate_ids(model, batch: Batch, config: GenerationConfig, tokenizer, stopping: list, streamer) -> torch.Tensor:
@@ -256,7 +251,7 @@ class ReplyText:
             self.end = "eos"
             return ""
         self.ids.append(token)
-        return self._advance(final=False)
+        return self.rest(self._text(final=False))
 
     def take(self, row: list[int]) -> None:
         """A whole row at once, when nobody watched it being generated (no stop strings, no readers)."""
@@ -264,28 +259,33 @@ class ReplyText:
         self.ids, self.end = row[:ended] if ended is not None else list(row), "eos" if ended is not None else None
 
     def final(self) -> str:
-        """The rest of the reply once generation is over (an incomplete last character decodes
-        to U+FFFD, as in a full decode)."""
-        return self._advance(final=True)
+        """The whole reply once generation is over (an incomplete last character decodes to
+        U+FFFD, as in a full decode)."""
+        return self._text(final=True)
+
+    def rest(self, text: str) -> str:
+        """What `text` adds to what has been handed out, now counted as handed out."""
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        piece, self.sent = text[len(self.sent):], text
+        return piece
 
     @property
     def produced(self) -> int:
         """Tokens the model produced for this reply, its EOS included."""
         return len(self.ids) + (self.end == "eos")
 
-    def _advance(self, final: bool) -> str:
+    def _text(self, final: bool) -> str:
+        """The reply so far, as far as it is certain (all of it when `final`)."""
         text = reply_text(self.tokenizer.decode(self.ids, skip_special_tokens=True))
         cut = first_stop(text, self.stops)
         if cut is not None:
             text, self.end = text[:cut], "stop"
         elif not final:
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                return ""
+            if text.endswith("\ufffd"):  # half of a multi-byte character: nothing new is certain yet
+                return self.sent
             text = text[: len(text) - held_back(text, self.stops)]
-        if len(text) <= len(self.sent) or not text.startswith(self.sent):
-            return ""
-        piece, self.sent = text[len(self.sent):], text
-        return piece
+        return text
 
 
 def first_stop(text: str, stops: list[str]) -> int | None:
@@ -330,9 +330,9 @@ class _Replies(StoppingCriteria):
         reply = self.rows[row]
         if not self.watch:
             reply.take(ids)
-        self._hand(self.readers[row], reply.final())
-        return Completion(reply.sent, reply.ids, prompt_tokens, reply.produced,
-                          "stop" if reply.end is not None else "length")
+        text = reply.final()
+        self._hand(self.readers[row], reply.rest(text))
+        return Completion(text, reply.ids, prompt_tokens, reply.produced, "stop" if reply.end is not None else "length")
 
     @staticmethod
     def _hand(reader, piece: str) -> None:
