@@ -101,17 +101,17 @@ class FirstToken:
         pass
 
 
-def runners(omni, llava, sample: Sample):
-    batch, _ = prepare(omni, [sample])
+def runners(omni, processor, llava, sample: Sample):
+    batch, _ = prepare(omni, processor, [sample])
     llava_inputs = {"input_ids": batch.input_ids.masked_fill(batch.input_ids == PLACEHOLDER_IDS["image"],
                                                              LLAVA_IMAGE_TOKEN),
                     "attention_mask": batch.attention_mask,
                     "pixel_values": torch.stack(batch.media["image"])}
-    pad = omni.processor.tokenizer.pad_token_id
+    pad = processor.tokenizer.pad_token_id
 
     def run_omni(n, streamer, use_cache=True):
-        out = generate(omni, [sample], GenerationConfig(max_new_tokens=n, ignore_eos=True, use_cache=use_cache),
-                       streamer=streamer)
+        config = GenerationConfig(max_new_tokens=n, ignore_eos=True, use_cache=use_cache)
+        out = generate(omni, processor, [sample], config, streamer=streamer)
         return out[0].token_ids
 
     def run_llava(n, streamer):
@@ -151,14 +151,15 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        omni = build_model(recipe_for(args.size), base_dir=Path(tmp)).eval()
+        omni, processor = build_model(recipe_for(args.size), base_dir=Path(tmp))
+    omni.eval()
     with torch.no_grad():
         omni.llm.lm_head.bias.zero_()  # LLaVA's LM head has no bias: zero Phi's so both compute the same
     llava = llava_from(omni)
     size = image_size = omni.encoders["image"].tower.config.image_size
     sample = Sample([Message("user", "<image>\nWhat shape is in this picture, and what colour is it?")],
                     images=[draw_shape("red", "circle", size=size)])
-    runs = runners(omni, llava, sample)
+    runs = runners(omni, processor, llava, sample)
 
     reference = {name: timed(run, 16)[2] for name, run in runs.items()}  # also warms every path up
     same = len({tuple(t) for t in reference.values()}) == 1
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
                 best[(name, n)] = (min(old[0], total), min(old[1], ttft))
 
     llm_cfg = omni.llm.config
-    prompt_len = prepare(omni, [sample])[1][0]
+    prompt_len = prepare(omni, processor, [sample])[1][0]
     print(f"\nsize {args.size}: Phi hidden {llm_cfg.hidden_size} x {llm_cfg.num_hidden_layers} layers, CLIP "
           f"{image_size}px ({omni.encoders['image'].tokens} image tokens), prompt {prompt_len} tokens; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "

@@ -22,6 +22,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omnilm.eval.runner import evaluate  # noqa: E402
+from omnilm.model.build import build_processor  # noqa: E402
 from omnilm.quickstart import (LAYOUT_KEYS, QTYPES, baselines, cache_image_features, stage_recipe,  # noqa: E402
                                test_samples)
 from omnilm.train.loop import train  # noqa: E402
@@ -66,9 +67,10 @@ def main() -> None:
         if state.step % args.every or state.step in done:
             return
         done.add(state.step)
+        processor = build_processor(recipe, model.encoders)  # training's own, from the same recipe
         row = {"step": state.step, "train_seconds": round(time.perf_counter() - started, 1)}
         for key, samples in sets.items():
-            result = evaluate(model, samples, "vqa", batch_size=64, max_new_tokens=6, progress=False,
+            result = evaluate(model, processor, samples, "vqa", batch_size=64, max_new_tokens=6, progress=False,
                               final_line=True)
             row[key] = {"overall": round(100 * result.scores["accuracy"], 1)} | {
                 q: round(100 * result.by_group[q]["accuracy"], 1) for q in QTYPES if q in result.by_group}

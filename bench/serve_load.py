@@ -44,7 +44,7 @@ def write_tiny_model(folder: Path) -> Path:
     hf_logging.disable_progress_bar()
     recipe = load_recipe(ROOT / "configs" / "tiny-stage1.yaml", {"data": {"max_length": 256}})
     recipe = materialize_random(recipe, folder / "base")
-    save_trained_weights(build_model(recipe), folder)
+    save_trained_weights(build_model(recipe)[0], folder)
     save_recipe(portable(recipe, folder), folder / RECIPE_FILE)
     return folder
 

@@ -71,10 +71,10 @@ def timed_train(recipe, warmup: int) -> float:
 def seed_style(recipe, steps: int, warmup: int) -> float:
     """The original's shape: batch 2, the CLIP tower on every step, embeddings joined by hand."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = build_model(recipe, device=device)
+    model, processor = build_model(recipe, device=device)
     apply_stage(model, "align")
     samples = load_samples(recipe.data).samples
-    tok = model.processor.tokenizer
+    tok = processor.tokenizer
     encoder, projector, llm = model.encoders["image"], model.projectors["image"], model.llm
     embed = llm.get_input_embeddings()
     end_id = recipe.model.image.end_token_id

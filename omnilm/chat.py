@@ -22,10 +22,11 @@ HELP = """commands:
 
 
 class ChatSession:
-    def __init__(self, model, config: GenerationConfig | None = None, system: str | None = None,
+    def __init__(self, model, processor, config: GenerationConfig | None = None, system: str | None = None,
                  on_transcript: Callable[[list[str]], object] | None = None):
         """`on_transcript` hears what Whisper made of each turn's audio (transcription route)."""
         self.model = model
+        self.processor = processor
         self.config = config or GenerationConfig()
         self.system = system
         self.on_transcript = on_transcript
@@ -57,15 +58,15 @@ class ChatSession:
         audios = self.pending_audios + list(audios)
         self.pending_images, self.pending_audios = [], []
         user = Message("user", with_markers(text, len(images), len(audios)))
-        if audios and self.model.processor.audio_route == "transcribe":
-            heard, transcripts = self.model.processor.transcribe(Sample([user], audios=audios))
+        if audios and self.processor.audio_route == "transcribe":
+            heard, transcripts = self.processor.transcribe(Sample([user], audios=audios))
             user, audios = heard.messages[0], []
             if self.on_transcript:
                 self.on_transcript(transcripts)
         sample = Sample(self.messages + [user], images=self.images + images, audios=self.audios + audios)
         self.last_sample = sample
         pieces = []
-        for piece in stream(self.model, sample, self.config):
+        for piece in stream(self.model, self.processor, sample, self.config):
             pieces.append(piece)
             yield piece
         # Stored without surrounding whitespace: templates add their own assistant prefix

@@ -155,8 +155,8 @@ def cmd_export(args) -> None:
     from omnilm.model.export import export_model
 
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    out = export_model(load_pretrained(args.model), args.out, dtype)
-    print(f"exported -> {out} (loads with OmniLM.from_pretrained or `omnilm chat --model {out}`)")
+    out = export_model(*load_pretrained(args.model), args.out, dtype)
+    print(f"exported -> {out} (loads with omnilm.model.build.load_pretrained or `omnilm chat --model {out}`)")
 
 
 def cmd_chat(args) -> None:
@@ -175,9 +175,9 @@ def cmd_chat(args) -> None:
         raise MediaError(f"file not found: {missing[0]}")
     from omnilm.config import transcriber_config
 
-    model = load_pretrained(args.model, device=args.device, audio_route=args.audio_route,
-                            transcriber=transcriber_config(args.transcriber, args.transcriber_backend))
-    session = ChatSession(model, config, system=args.system,
+    model, processor = load_pretrained(args.model, device=args.device, audio_route=args.audio_route,
+                                       transcriber=transcriber_config(args.transcriber, args.transcriber_backend))
+    session = ChatSession(model, processor, config, system=args.system,
                           on_transcript=lambda texts: print("(heard: " + " / ".join(texts) + ")", file=sys.stderr))
 
     def write(text: str) -> None:  # flushed per piece: the answer appears as it is generated

@@ -1,6 +1,8 @@
 """Text generation from Samples: batched, KV-cached, with stop strings, sampling and streaming.
 
-One engine for the CLI, the Python API and the servers. The fast path is the LLM's own
+One path for batch, stream, chat and serve: prompts encoded once by the model's OmniProcessor,
+and one detokenizer (ReplyText) that makes the reply text, streams it, and ends a row at its
+stop string. The fast path is the LLM's own
 `generate` on the embeddings OmniLM.embed builds (media features already scattered in), so any
 Hugging Face causal LM keeps its own KV cache and decoding code. `use_cache=False` runs the
 seed's way instead (the whole sequence through the model for every new token); it is the
@@ -13,7 +15,7 @@ import queue
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from transformers.generation import (LogitsProcessorList, RepetitionPenaltyLogitsProcessor, StoppingCriteria,
@@ -21,8 +23,9 @@ from transformers.generation import (LogitsProcessorList, RepetitionPenaltyLogit
                                      TopPLogitsWarper)
 
 from omnilm.data.collate import Batch, collate
+from omnilm.data.processor import Encoded
 from omnilm.data.sample import Sample
-from omnilm.errors import ConfigError, DataError
+from omnilm.errors import ConfigError
 
 # The prompt reaches the LLM as embeddings, so transformers can only penalise generated tokens;
 # GenerationConfig.repetition_penalty documents that, the warning would repeat it on every call.
@@ -69,106 +72,84 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_new_tokens reached)
 
 
-def generate(model, samples: list[Sample], config: GenerationConfig | None = None, *,
-             streamer=None) -> list[Completion]:
-    """One Completion per sample, in order. Samples may mix media and differ in length: they are
-    left-padded into one batch so every row's next token sits in the last column.
+def generate(model, processor, prompts: Sequence[Sample | Encoded], config: GenerationConfig | None = None, *,
+             readers: Sequence | None = None, streamer=None) -> list[Completion]:
+    """One Completion per prompt, in order. A prompt is a Sample (encoded here) or an Encoded one
+    (`processor.encode_prompt`: the server encodes each request once, to check it, and hands that
+    over). Prompts may mix media and differ in length: they are left-padded into one batch so
+    every row's next token sits in the last column.
 
-    `streamer` (optional) follows transformers' BaseStreamer protocol: `put` receives the (empty)
-    prompt ids first, then each step's new token ids [B]; `end` is called once at the end.
+    `readers` (optional, one per prompt or None) stream the reply text: each gets `put(piece)` as
+    soon as a piece is certain, and the rest at the end; a reader whose `cancelled` turns true
+    gets nothing more, and once every row is a cancelled reader generation stops
+    (GenerationCancelled). `streamer` (optional) receives token ids by transformers' BaseStreamer
+    protocol (benchmarks time the first token with it).
     """
     config = (config or GenerationConfig()).validate()
-    if not samples:
+    if not prompts:
         return []
-    batch, lengths = prepare(model, samples)
-    tokenizer = model.processor.tokenizer
-    stops = _StopStrings(tokenizer, config.stop, len(samples)) if config.stop else None
+    batch, lengths = prepare(model, processor, prompts)
+    eos = set() if config.ignore_eos else eos_ids(model, processor.tokenizer)
+    replies = _Replies(processor.tokenizer, config.stop, eos, list(readers or [None] * len(prompts)))
     # inference_mode, not just the no_grad transformers uses: it also skips autograd's version
     # counters and view tracking on every op, which is most of the per-token cost of small models
     # (about 12 % of the step on the tiny recipe). Nothing made here outlives the call.
     with _eval_mode(model), _seeded(config.seed, model.device), torch.inference_mode():
-        ids = _generate_ids(model, batch, config, [stops] if stops else [], streamer)  # [B, N]
-    eos = set() if config.ignore_eos else eos_ids(model)
-    return [_complete(tokenizer, row, n, eos, config, stops.finished_at[i] if stops else None)
-            for i, (row, n) in enumerate(zip(ids.tolist(), lengths))]
+        ids = _generate_ids(model, batch, config, processor.tokenizer, [replies] if replies.watch else [],
+                            streamer)  # [B, N]
+    return [replies.complete(i, row, n) for i, (row, n) in enumerate(zip(ids.tolist(), lengths))]
 
 
-def stream(model, sample: Sample, config: GenerationConfig | None = None) -> Iterator[str]:
+def stream(model, processor, prompt: Sample | Encoded, config: GenerationConfig | None = None) -> Iterator[str]:
     """Text pieces as the model produces them; their concatenation equals generate()'s text.
 
     Why a thread around the LLM's own `generate` rather than a hand-written decode loop: the
     tokens are then the very ones generate() returns (same KV cache, sampling and seeding code),
-    for any LLM. A piece that could be the start of a stop string is held back until it is
-    known not to be one, so stop strings never reach the caller. Closing the iterator early
-    stops the generation at its next step.
+    for any LLM. The pieces are what generate() hands its readers, as for the server. Closing
+    the iterator early stops the generation at its next step.
     """
     config = (config or GenerationConfig()).validate()
-    tokens = _TokenQueue()
+    reader = _Pieces()
     failure: list[BaseException] = []
 
     def work():
         try:
-            generate(model, [sample], config, streamer=tokens)
+            generate(model, processor, [prompt], config, readers=[reader])
         except BaseException as err:  # handed to the consumer, raised there
             failure.append(err)
         finally:
-            tokens.end()
+            reader.queue.put(None)
 
     worker = threading.Thread(target=work, name="omnilm-generate", daemon=True)
     worker.start()
-    detok, text, sent = _Detokenizer(model.processor.tokenizer), "", 0
     try:
-        for token_ids in tokens:
-            for token in token_ids:
-                text += detok.push(token)
-            if not sent:  # nothing shown yet: the reply's leading whitespace is not shown either
-                text = reply_text(text)
-            cut = _first_stop(text, config.stop)
-            if cut is not None:
-                if cut > sent:
-                    yield text[sent:cut]
-                return
-            safe = len(text) - _held_back(text, config.stop)
-            if safe > sent:
-                yield text[sent:safe]
-                sent = safe
+        while (piece := reader.queue.get()) is not None:
+            yield piece
         if failure:
             raise failure[0]
-        text += detok.flush()
-        text = text if sent else reply_text(text)
-        cut = _first_stop(text, config.stop)
-        text = text if cut is None else text[:cut]
-        if len(text) > sent:
-            yield text[sent:]
     finally:
-        tokens.cancel.set()
+        reader.cancel()
         worker.join()
 
 
-def prepare(model, samples: list[Sample]) -> tuple[Batch, list[int]]:
-    """Samples -> a left-padded batch on the model's device, and each prompt's length."""
-    if getattr(model, "processor", None) is None:
-        raise ConfigError("this model has no processor; build it with omnilm.model.build "
-                          "(build_model / load_pretrained)")
-    for i, sample in enumerate(samples):
-        if not sample.messages or sample.messages[-1].role != "user":
-            raise DataError(f"sample {sample.id or i}: a prompt for generation must end with a user message")
-    encoded = [model.processor(s, generation_prompt=True) for s in samples]
-    batch = collate(encoded, model.processor.tokenizer.pad_token_id, padding_side="left")
+def prepare(model, processor, prompts: Sequence[Sample | Encoded]) -> tuple[Batch, list[int]]:
+    """Prompts -> a left-padded batch on the model's device, and each prompt's length."""
+    encoded = [p if isinstance(p, Encoded) else processor.encode_prompt(p) for p in prompts]
+    batch = collate(encoded, processor.tokenizer.pad_token_id, padding_side="left")
     return batch.to(model.device), [len(e.input_ids) for e in encoded]
 
 
-def eos_ids(model) -> set[int]:
+def eos_ids(model, tokenizer) -> set[int]:
     """The tokenizer's EOS plus whatever the LLM's generation config names (chat models often add <|im_end|>)."""
-    ids = {model.processor.tokenizer.eos_token_id}
+    ids = {tokenizer.eos_token_id}
     configured = getattr(getattr(model.llm, "generation_config", None), "eos_token_id", None)
     ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
     return {int(i) for i in ids if i is not None}
 
 
-def _generate_ids(model, batch: Batch, config: GenerationConfig, stopping: list, streamer) -> torch.Tensor:
-    eos = None if config.ignore_eos else sorted(eos_ids(model))
-    pad = model.processor.tokenizer.pad_token_id
+def _generate_ids(model, batch: Batch, config: GenerationConfig, tokenizer, stopping: list, streamer) -> torch.Tensor:
+    eos = None if config.ignore_eos else sorted(eos_ids(model, tokenizer))
+    pad = tokenizer.pad_token_id
     if not config.use_cache:
         return _recompute_loop(model, batch, config, eos or [], pad, stopping, streamer)
     sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k) \
@@ -240,120 +221,141 @@ def _logits_processors(config: GenerationConfig) -> LogitsProcessorList:
     return processors
 
 
-def _complete(tokenizer, row: list[int], prompt_tokens: int, eos: set[int], config: GenerationConfig,
-              stopped_at: int | None) -> Completion:
-    """Trim one generated row (pads after its end, EOS, text after a stop string) into a Completion."""
-    produced = len(row) if stopped_at is None else min(stopped_at, len(row))
-    ended = next((i for i, t in enumerate(row[:produced]) if t in eos), None)
-    if ended is not None:
-        produced = ended + 1
-    ids = row[:ended] if ended is not None else row[:produced]
-    text = reply_text(tokenizer.decode(ids, skip_special_tokens=True))
-    cut = _first_stop(text, config.stop)
-    if cut is not None:
-        text = text[:cut]
-    reason = "stop" if ended is not None or cut is not None else "length"
-    return Completion(text, ids, prompt_tokens, produced, reason)
-
-
 def reply_text(decoded: str) -> str:
     """What a reader sees: templates that put a space before the reply (" red triangle", one
     token in most vocabularies) train the model to start with one; the reply does not."""
     return decoded.lstrip()
 
 
-def _first_stop(text: str, stops: list[str]) -> int | None:
+class ReplyText:
+    """The one detokenizer: a row's generated ids -> the reply text a reader sees, piece by piece.
+
+    Each step decodes the row's ids so far in full, so what has been handed out is exactly a
+    prefix of the final text whatever the tokenizer does with neighbouring tokens. The text drops
+    its leading whitespace (`reply_text`) and ends before the first stop string, which also ends
+    the row; while generating, half a character or a tail that could begin a stop string is held
+    back until it is certain.
+    """
+
+    def __init__(self, tokenizer, stops: list[str], eos: set[int] = frozenset()):
+        self.tokenizer, self.stops, self.eos = tokenizer, stops, eos
+        self.ids: list[int] = []  # the reply's ids: no EOS, nothing after the end
+        self.sent = ""  # text already handed out
+        self.end: str | None = None  # "eos" | "stop" once the reply is over
+
+    def push(self, token: int) -> str:
+        """One more generated token -> the text it makes certain ("" while unsure, or after the end)."""
+        if self.end is not None:
+            return ""
+        if token in self.eos:
+            self.end = "eos"
+            return ""
+        self.ids.append(token)
+        return self.rest(self._text(final=False))
+
+    def take(self, row: list[int]) -> None:
+        """A whole row at once, when nobody watched it being generated (no stop strings, no readers)."""
+        ended = next((i for i, t in enumerate(row) if t in self.eos), None)
+        self.ids, self.end = row[:ended] if ended is not None else list(row), "eos" if ended is not None else None
+
+    def final(self) -> str:
+        """The whole reply once generation is over (an incomplete last character decodes to
+        U+FFFD, as in a full decode)."""
+        return self._text(final=True)
+
+    def rest(self, text: str) -> str:
+        """What `text` adds to what has been handed out, now counted as handed out."""
+        if len(text) <= len(self.sent) or not text.startswith(self.sent):
+            return ""
+        piece, self.sent = text[len(self.sent):], text
+        return piece
+
+    @property
+    def produced(self) -> int:
+        """Tokens the model produced for this reply, its EOS included."""
+        return len(self.ids) + (self.end == "eos")
+
+    def _text(self, final: bool) -> str:
+        """The reply so far, as far as it is certain (all of it when `final`)."""
+        text = reply_text(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+        cut = first_stop(text, self.stops)
+        if cut is not None:
+            text, self.end = text[:cut], "stop"
+        elif not final:
+            if text.endswith("\ufffd"):  # half of a multi-byte character: nothing new is certain yet
+                return self.sent
+            text = text[: len(text) - held_back(text, self.stops)]
+        return text
+
+
+def first_stop(text: str, stops: list[str]) -> int | None:
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
     return min(found) if found else None
 
 
-def _held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest end of `text` that is the start of some stop string."""
-    longest = 0
-    for stop in stops:
-        for k in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:k]):
-                longest = k
-                break
-    return longest
+def held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest end of `text` that could be the start of a stop string."""
+    return max((k for s in stops for k in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:k])), default=0)
 
 
-class _StopStrings(StoppingCriteria):
-    """Ends a row once its generated text contains a stop string; remembers when, per row."""
+class GenerationCancelled(Exception):
+    """Raised inside generation when every row's reader has gone away: stop generating."""
 
-    def __init__(self, tokenizer, stops: list[str], rows: int):
-        self.tokenizer, self.stops = tokenizer, stops
-        # Each token decodes to at least one character, so the newest stop string lies inside
-        # this many last tokens; the margin covers tokens that decode differently without context.
-        self.window = max(len(s) for s in stops) + 2
-        self.finished_at: list[int | None] = [None] * rows
+
+class _Replies(StoppingCriteria):
+    """The batch's replies, one ReplyText a row, watching generation as a stopping criterion
+    (called once a step, in transformers' loop and in the recompute loop alike): a row ends at
+    its stop string, and each reader gets its row's text as it becomes certain.
+
+    Why not transformers' StopStringCriteria and TextIteratorStreamer: the criterion matches the
+    tokens' raw vocabulary strings, special tokens included (a stop "e" fires on
+    "<|endofmedia|>", which the reply never shows), so generation could end where the text has
+    no stop string; the streamer takes one row and cuts pieces at spaces. Here stopping, cutting
+    and streaming read the one text the reader gets."""
+
+    def __init__(self, tokenizer, stops: list[str], eos: set[int], readers: list):
+        self.rows = [ReplyText(tokenizer, stops, eos) for _ in readers]
+        self.readers = readers
+        self.watch = bool(stops) or any(r is not None for r in readers)
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        done = []
-        for i, row in enumerate(input_ids[:, -self.window:].tolist()):
-            if self.finished_at[i] is None:
-                tail = self.tokenizer.decode(row, skip_special_tokens=True)
-                if any(s in tail for s in self.stops):
-                    self.finished_at[i] = input_ids.shape[1]
-            done.append(self.finished_at[i] is not None)
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+        if all(r is not None and r.cancelled for r in self.readers):
+            raise GenerationCancelled
+        for reply, reader, token in zip(self.rows, self.readers, input_ids[:, -1].tolist()):
+            self._hand(reader, reply.push(token))
+        return torch.tensor([r.end == "stop" for r in self.rows], dtype=torch.bool, device=input_ids.device)
+
+    def complete(self, row: int, ids: list[int], prompt_tokens: int) -> Completion:
+        """The row's Completion; its reader gets what was held back until now."""
+        reply = self.rows[row]
+        if not self.watch:
+            reply.take(ids)
+        text = reply.final()
+        self._hand(self.readers[row], reply.rest(text))
+        return Completion(text, reply.ids, prompt_tokens, reply.produced, "stop" if reply.end is not None else "length")
+
+    @staticmethod
+    def _hand(reader, piece: str) -> None:
+        if piece and reader is not None and not reader.cancelled:
+            reader.put(piece)
 
 
-class _TokenQueue:
-    """A transformers streamer (put/end) that hands token ids to another thread, and a stop switch."""
+class _Pieces:
+    """stream()'s reader: pieces from the generating thread to the consumer, and a cancel switch."""
 
     def __init__(self):
-        self._queue: queue.Queue = queue.Queue()
-        self._prompt_seen = False
-        self.cancel = threading.Event()
+        self.queue: queue.Queue = queue.Queue()
+        self._cancel = threading.Event()
 
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate() first hands over the prompt ids
-            self._prompt_seen = True
-            return
-        if self.cancel.is_set():
-            raise _Cancelled
-        self._queue.put(value.reshape(-1).tolist())
+    def put(self, piece: str) -> None:
+        self.queue.put(piece)
 
-    def end(self) -> None:
-        self._queue.put(None)
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
 
-    def __iter__(self) -> Iterator[list[int]]:
-        while (item := self._queue.get()) is not None:
-            yield item
-
-
-class _Cancelled(Exception):
-    """Raised inside the generating thread when the stream's reader has gone away."""
-
-
-class _Detokenizer:
-    """Incremental decoding: each new token's text, decoded with a little context before it so
-    tokenizers whose pieces depend on their neighbours (leading spaces, multi-byte characters)
-    give the same text as decoding the whole sequence at once."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0  # start of the context window
-        self.read = 0  # end of what has been emitted
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        before, now = self._decode(self.prefix, self.read), self._decode(self.prefix, len(self.ids))
-        if len(now) <= len(before) or now.endswith("\ufffd"):  # nothing new, or half a character
-            return ""
-        self.prefix, self.read = self.read, len(self.ids)
-        return now[len(before):]
-
-    def flush(self) -> str:
-        """What is still held back: a final incomplete character decodes to U+FFFD, as in a full decode."""
-        before, now = self._decode(self.prefix, self.read), self._decode(self.prefix, len(self.ids))
-        self.prefix = self.read = len(self.ids)
-        return now[len(before):]
-
-    def _decode(self, start: int, stop: int) -> str:
-        return self.tokenizer.decode(self.ids[start:stop], skip_special_tokens=True)
+    def cancel(self) -> None:
+        self._cancel.set()
 
 
 @contextlib.contextmanager

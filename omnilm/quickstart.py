@@ -205,11 +205,11 @@ def evaluate_run(run_dir: Path, sample_sets: dict, desc: str) -> dict:
     from omnilm.eval.runner import evaluate
     from omnilm.model.build import load_pretrained
 
-    model = load_pretrained(run_dir)
+    model, processor = load_pretrained(run_dir)
     out = {}
     for name, samples in sample_sets.items():
         # Replies are "blue rectangle\nno" (stage 2 describes, then answers): the last line is scored.
-        result = evaluate(model, samples, "vqa", batch_size=64, max_new_tokens=6, desc=f"{desc}: {name}",
+        result = evaluate(model, processor, samples, "vqa", batch_size=64, max_new_tokens=6, desc=f"{desc}: {name}",
                           final_line=True)
         out[name] = (_scores(result.scores["accuracy"], result.by_group, result.count)
                      | {"predictions": result.predictions})
@@ -300,7 +300,7 @@ def demo(run_dir: Path, eval_ids: set[str], out: Path, spoken: bool) -> dict:
         transcriber = make_transcriber("ctranslate2", whisper_ct2_dir())
         record |= {"audio": str(audio), "voice": TEST_VOICE, "transcript": transcriber.transcribe(load_audio(audio))}
     prompt, _ = split_prompt(to_sample(replace(item, image=image), spoken_audio=audio))
-    reply = generate_texts(load_pretrained(run_dir), [prompt], max_new_tokens=6, progress=False)[0]
+    reply = generate_texts(*load_pretrained(run_dir), [prompt], max_new_tokens=6, progress=False)[0]
     record |= {"reply": reply, "answer": last_line(reply)}
     print(f"  image:      {record['image']}")
     if spoken:

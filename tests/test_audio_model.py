@@ -24,17 +24,17 @@ def mixed_recipe(tiny_data, tmp_path, **train_cfg):
 
 
 def test_audio_placeholders_follow_the_real_length(tiny_data, tmp_path):
-    model = build_model(mixed_recipe(tiny_data, tmp_path))
+    model, processor = build_model(mixed_recipe(tiny_data, tmp_path))
     for seconds in (1.0, 2.5, 7.3):
         wave = np.random.default_rng(0).standard_normal(int(seconds * SR)).astype(np.float32) * 0.1
-        enc = model.processor(Sample([Message("user", "<audio>"), Message("assistant", "x")], audios=[wave]))
+        enc = processor(Sample([Message("user", "<audio>"), Message("assistant", "x")], audios=[wave]))
         n = int((enc.input_ids == PLACEHOLDER_IDS["audio"]).sum())
         frames = int(np.ceil(seconds * 100 / 2))  # 100 mel frames/s, conv stride 2
         assert n == int(np.ceil(frames / 8)), (seconds, n)
 
 
 def test_image_audio_and_text_in_one_batch_and_audio_align_gradients(tiny_data, tmp_path):
-    model = build_model(mixed_recipe(tiny_data, tmp_path))
+    model, processor = build_model(mixed_recipe(tiny_data, tmp_path))
     img = sorted(tiny_data["coco_images"].iterdir())[0]
     wav = sorted((tiny_data["root"] / "asr").glob("*.wav"))[0]
     samples = [
@@ -43,7 +43,7 @@ def test_image_audio_and_text_in_one_batch_and_audio_align_gradients(tiny_data, 
         Sample([Message("user", "just text"), Message("assistant", "ok")]),
         Sample([Message("user", "<audio>\nTranscribe:"), Message("assistant", "a red square")], audios=[wav]),
     ]
-    batch = collate([model.processor(s) for s in samples], model.processor.tokenizer.pad_token_id)
+    batch = collate([processor(s) for s in samples], processor.tokenizer.pad_token_id)
     assert len(batch.media["image"]) == 2 and len(batch.media["audio"]) == 2
     apply_stage(model, "audio-align")
     model.train()(**batch.model_inputs()).loss.backward()

@@ -22,18 +22,28 @@ def run(tiny_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def model(run):
+def loaded(run):
     return load_pretrained(run[0])
 
 
-def test_one_shot_streams_the_answer_to_stdout(run, model, capsys):
+@pytest.fixture(scope="module")
+def model(loaded):
+    return loaded[0]
+
+
+@pytest.fixture(scope="module")
+def processor(loaded):
+    return loaded[1]
+
+
+def test_one_shot_streams_the_answer_to_stdout(run, model, processor, capsys):
     run_dir, image = run
     code = main(["chat", "--model", str(run_dir), "--image", str(image), "--max-new-tokens", "12",
                  "What is in the picture?"])
     assert code == 0
     out = capsys.readouterr().out
     sample = Sample([Message("user", "<image>\nWhat is in the picture?")], images=[str(image)])
-    expected = generate(model, [sample], GenerationConfig(max_new_tokens=12))[0].text
+    expected = generate(model, processor, [sample], GenerationConfig(max_new_tokens=12))[0].text
     assert out == expected + "\n"
 
 
@@ -75,9 +85,9 @@ def test_chat_lays_out_media_as_the_server_does():
     assert with_markers("<image> then text", 1, 0) == "<image> then text"  # a marked item keeps its place
 
 
-def test_repl_keeps_history_and_media(model, run):
+def test_repl_keeps_history_and_media(model, processor, run):
     _, image = run
-    session = ChatSession(model, GenerationConfig(max_new_tokens=8))
+    session = ChatSession(model, processor, GenerationConfig(max_new_tokens=8))
     out: list[str] = []
     run_repl(session, ["/image " + str(image), "What colour is it?", "", "And the shape?", "/quit", "never read"],
              out.append)
@@ -90,23 +100,23 @@ def test_repl_keeps_history_and_media(model, run):
     assert second_prompt.messages[0].content.startswith("<image>\n")
     assert second_prompt.images == [str(image)]  # the image stays with the conversation
     assert second_prompt.messages[2].content == "And the shape?"
-    ids = model.processor(second_prompt, generation_prompt=True).input_ids.tolist()
-    answer_ids = model.processor.tokenizer(first_answer, add_special_tokens=False)["input_ids"]
+    ids = processor.encode_prompt(second_prompt).input_ids.tolist()
+    answer_ids = processor.tokenizer(first_answer, add_special_tokens=False)["input_ids"]
     assert any(ids[i:i + len(answer_ids)] == answer_ids for i in range(len(ids)))
     # What was streamed is what was stored (up to the whitespace the template adds back).
     assert text.count("\n") >= 3
 
 
-def test_repl_sends_media_alone_on_an_empty_line(model, run):
+def test_repl_sends_media_alone_on_an_empty_line(model, processor, run):
     _, image = run
-    session = ChatSession(model, GenerationConfig(max_new_tokens=4))
+    session = ChatSession(model, processor, GenerationConfig(max_new_tokens=4))
     run_repl(session, ["", "/image " + str(image), ""], [].append)
     assert [m.content for m in session.messages if m.role == "user"] == ["<image>"]
     assert session.images == [str(image)]
 
 
-def test_repl_reset_unknown_command_and_errors(model, tmp_path):
-    session = ChatSession(model, GenerationConfig(max_new_tokens=4))
+def test_repl_reset_unknown_command_and_errors(model, processor, tmp_path):
+    session = ChatSession(model, processor, GenerationConfig(max_new_tokens=4))
     out: list[str] = []
     run_repl(session, ["hi", "/reset", "/image", "/image " + str(tmp_path / "missing.png"), "/frobnicate",
                        "/audio " + str(tmp_path / "x.wav"), "/help", "again"], out.append)
@@ -120,10 +130,10 @@ def test_repl_reset_unknown_command_and_errors(model, tmp_path):
     assert session.messages[0].content == "again"
 
 
-def test_repl_turn_error_keeps_history(model, tmp_path):
+def test_repl_turn_error_keeps_history(model, processor, tmp_path):
     wav = tmp_path / "x.wav"
     wav.write_bytes(b"RIFF")
-    session = ChatSession(model, GenerationConfig(max_new_tokens=4))
+    session = ChatSession(model, processor, GenerationConfig(max_new_tokens=4))
     out: list[str] = []
     run_repl(session, ["/audio " + str(wav), "listen", "plain text"], out.append)
     assert "error:" in "".join(out) and "audio" in "".join(out)
@@ -142,12 +152,12 @@ def test_one_shot_transcription_route_from_the_command_line(run, tmp_path, capsy
                  "--audio-route", "transcribe", "--transcriber", "zoo:whisper-tiny.en", "--max-new-tokens", "8",
                  "Question: <audio>\nAnswer:"])
     assert code == 0
-    voiced = load_pretrained(run_dir, audio_route="transcribe",
+    voiced, voiced_processor = load_pretrained(run_dir, audio_route="transcribe",
                              transcriber=TranscriberConfig("ctranslate2", "zoo:whisper-tiny.en"))
     sample = Sample([Message("user", "<image>\nQuestion: <audio>\nAnswer:")], images=[str(image)], audios=[str(wav)])
-    heard = voiced.processor(sample, generation_prompt=True).transcripts[0]
+    heard = voiced_processor.encode_prompt(sample).transcripts[0]
     assert "colo" in heard.lower() and "shape" in heard.lower()
-    expected = generate(voiced, [sample], GenerationConfig(max_new_tokens=8))[0].text
+    expected = generate(voiced, voiced_processor, [sample], GenerationConfig(max_new_tokens=8))[0].text
     printed = capsys.readouterr()
     assert printed.out == expected + "\n"
     assert f"(heard: {heard})" in printed.err  # what Whisper heard, beside the answer

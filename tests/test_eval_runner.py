@@ -23,7 +23,7 @@ def fake_generation(monkeypatch):
     """Replace the model with a lookup: prompt text -> answer; records what was asked."""
     asked = []
 
-    def fake(model, prompts, max_new_tokens, batch_size=32, progress=True, desc=""):
+    def fake(model, processor, prompts, max_new_tokens, batch_size=32, progress=True, desc=""):
         asked.extend(prompts)
         return [model[p.messages[-1].content] for p in prompts]
 
@@ -47,7 +47,7 @@ def test_vqa_accuracy_overall_and_per_group(fake_generation):
                qa("what shape?", "circle", "shape"), qa("is it round?", "no", "yes/no")]
     answers = {"<image>\nis it red?": "Yes.", "<image>\nwhat colour?": "blue",
                "<image>\nwhat shape?": "a circle", "<image>\nis it round?": "yes"}
-    result = runner.evaluate(answers, samples, "vqa", progress=False)
+    result = runner.evaluate(answers, None, samples, "vqa", progress=False)
     assert result.scores["accuracy"] == pytest.approx(0.75)  # "Yes." and "a circle" normalize to the reference
     assert result.by_group["yes/no"] == {"accuracy": 0.5, "count": 2}
     assert result.by_group["shape"]["accuracy"] == 1.0
@@ -59,8 +59,8 @@ def test_final_line_scores_the_answer_after_a_description(fake_generation):
     samples = [qa("is it red?", "yes", "yes/no"), qa("what shape?", "circle", "shape"), qa("what colour?", "red")]
     replies = {"<image>\nis it red?": "red circle\nyes", "<image>\nwhat shape?": "blue circle\n\n circle \n",
                "<image>\nwhat colour?": "red circle"}
-    assert runner.evaluate(replies, samples, "vqa", progress=False).scores["accuracy"] == 0  # whole replies
-    result = runner.evaluate(replies, samples, "vqa", progress=False, final_line=True)
+    assert runner.evaluate(replies, None, samples, "vqa", progress=False).scores["accuracy"] == 0  # whole replies
+    result = runner.evaluate(replies, None, samples, "vqa", progress=False, final_line=True)
     assert result.scores["accuracy"] == pytest.approx(2 / 3)  # "red circle" is its own last line: wrong
     assert [r["prediction"] for r in result.predictions] == ["yes", "circle", "red circle"]
     assert result.predictions[0]["reply"] == "red circle\nyes"
@@ -71,7 +71,7 @@ def test_caption_pools_references_of_the_same_prompt(fake_generation):
     samples = [qa("Describe.", "a red circle", image="1.png"), qa("Describe.", "red round shape", image="1.png"),
                qa("Describe.", "a blue square", image="2.png")]
     answers = {"<image>\nDescribe.": "a red circle"}
-    result = runner.evaluate(answers, samples, "caption", progress=False)
+    result = runner.evaluate(answers, None, samples, "caption", progress=False)
     assert len(fake_generation) == 2  # one generation per distinct image + prompt
     assert result.count == 2
     assert result.predictions[0]["reference"] == ["a red circle", "red round shape"]
@@ -81,20 +81,20 @@ def test_caption_pools_references_of_the_same_prompt(fake_generation):
 def test_word_error_rate(fake_generation):
     samples = [Sample([Message("user", "<audio>\nTranscribe:"), Message("assistant", "hello there world")],
                       audios=["a.wav"])]
-    result = runner.evaluate({"<audio>\nTranscribe:": "hello world"}, samples, "wer", progress=False)
+    result = runner.evaluate({"<audio>\nTranscribe:": "hello world"}, None, samples, "wer", progress=False)
     assert result.scores["wer"] == pytest.approx(1 / 3)
 
 
 def test_unknown_metric_is_refused():
     with pytest.raises(Exception, match="bleu"):
-        runner.evaluate(None, [qa("q", "a")], "bleu")
+        runner.evaluate(None, None, [qa("q", "a")], "bleu")
 
 
 def test_eval_command_scores_a_saved_model(tiny_data, tmp_path, capsys):
     """A tiny random model saved as a run folder, scored on the LLaVA-format fixture end to end."""
     recipe = tiny_recipe(tiny_data, tmp_path)
     run = tmp_path / "run"
-    model = build_model(recipe, base_dir=run / "base")
+    model, _ = build_model(recipe, base_dir=run / "base")
     from omnilm.model.build import RECIPE_FILE, materialize_random, portable
 
     save_recipe(portable(materialize_random(recipe, run / "base"), run), run / RECIPE_FILE)

@@ -9,9 +9,9 @@ from tests.conftest import tiny_recipe
 
 def test_loss_equals_the_full_logits_loss(tiny_data, tmp_path):
     recipe = tiny_recipe(tiny_data, tmp_path)
-    model = build_model(recipe)
+    model, processor = build_model(recipe)
     samples = load_samples(recipe.data).samples[:5]
-    inputs = collate([model.processor(s) for s in samples], model.processor.tokenizer.pad_token_id).model_inputs()
+    inputs = collate([processor(s) for s in samples], processor.tokenizer.pad_token_id).model_inputs()
     assert model.keeps_logits
     loss = model(**inputs).loss
     labels = inputs.pop("labels")

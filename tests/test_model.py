@@ -11,23 +11,33 @@ from tests.conftest import tiny_recipe
 
 
 @pytest.fixture(scope="module")
-def model(tiny_data, tmp_path_factory):
+def built(tiny_data, tmp_path_factory):
     return build_model(tiny_recipe(tiny_data, tmp_path_factory.mktemp("m")))
+
+
+@pytest.fixture(scope="module")
+def model(built):
+    return built[0]
+
+
+@pytest.fixture(scope="module")
+def processor(built):
+    return built[1]
 
 
 def images(tiny_data, n):
     return sorted(tiny_data["coco_images"].iterdir())[:n]
 
 
-def batch_of(model, samples):
-    return collate([model.processor(s) for s in samples], model.processor.tokenizer.pad_token_id)
+def batch_of(processor, samples):
+    return collate([processor(s) for s in samples], processor.tokenizer.pad_token_id)
 
 
-def test_features_land_exactly_at_placeholders(model, tiny_data):
+def test_features_land_exactly_at_placeholders(model, processor, tiny_data):
     two = Sample([Message("user", "<image> and <image>"), Message("assistant", "two shapes")],
                  images=images(tiny_data, 2))
     none = Sample([Message("user", "no picture here"), Message("assistant", "fine")])
-    batch = batch_of(model, [two, none])
+    batch = batch_of(processor, [two, none])
     embeds = model.embed(batch.input_ids, batch.media)
     positions = batch.input_ids == PLACEHOLDER_IDS["image"]
     assert positions[0].sum() == 2 * 16 and positions[1].sum() == 0
@@ -40,9 +50,9 @@ def test_features_land_exactly_at_placeholders(model, tiny_data):
     assert torch.isfinite(loss)
 
 
-def test_placeholder_mismatch_names_both_numbers(model, tiny_data):
+def test_placeholder_mismatch_names_both_numbers(model, processor, tiny_data):
     sample = Sample([Message("user", "<image>"), Message("assistant", "x")], images=images(tiny_data, 1))
-    batch = batch_of(model, [sample])
+    batch = batch_of(processor, [sample])
     ids = batch.input_ids.clone()
     ids[0, 0] = 65  # one placeholder overwritten by a text token
     with pytest.raises(PlaceholderMismatch, match="image: 15 placeholder positions .* but 16 feature vectors"):
@@ -50,12 +60,12 @@ def test_placeholder_mismatch_names_both_numbers(model, tiny_data):
 
 
 def test_stage1_trains_only_the_projector(tiny_data, tmp_path):
-    model = build_model(tiny_recipe(tiny_data, tmp_path))
+    model, processor = build_model(tiny_recipe(tiny_data, tmp_path))
     apply_stage(model, "align")
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not n.startswith("projectors.")}
     proj_before = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("projectors.")}
     sample = Sample([Message("user", "<image>"), Message("assistant", "a red square.")], images=images(tiny_data, 1))
-    batch = batch_of(model, [sample, sample])
+    batch = batch_of(processor, [sample, sample])
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
     model(**batch.model_inputs()).loss.backward()
@@ -69,12 +79,12 @@ def test_stage1_trains_only_the_projector(tiny_data, tmp_path):
 
 
 def test_loss_falls_when_overfitting_one_batch(tiny_data, tmp_path):
-    model = build_model(tiny_recipe(tiny_data, tmp_path))
+    model, processor = build_model(tiny_recipe(tiny_data, tmp_path))
     apply_stage(model, "align")
     samples = [Sample([Message("user", "<image>"), Message("assistant", cap)], images=[img])
                for img, cap in zip(images(tiny_data, 4), ["a red square.", "a blue circle.", "a green triangle.",
                                                         "a yellow square."])]
-    batch = batch_of(model, samples)
+    batch = batch_of(processor, samples)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     model.train()
     losses = []
@@ -90,9 +100,9 @@ def test_loss_falls_when_overfitting_one_batch(tiny_data, tmp_path):
 def test_projector_can_expand_each_feature_into_several_tokens(tiny_data, tmp_path):
     recipe = tiny_recipe(tiny_data, tmp_path, model={"image": {"projector": {"type": "mlp2x_gelu",
                                                                              "tokens_per_feature": 3}}})
-    model = build_model(recipe)
+    model, processor = build_model(recipe)
     sample = Sample([Message("user", "<image>"), Message("assistant", "x")], images=images(tiny_data, 1))
-    batch = batch_of(model, [sample])
+    batch = batch_of(processor, [sample])
     assert int((batch.input_ids == PLACEHOLDER_IDS["image"]).sum()) == 16 * 3
     embeds = model.embed(batch.input_ids, batch.media)
     with torch.no_grad():

@@ -37,7 +37,7 @@ def test_a_leftover_checkpoint_temp_is_never_loaded_and_is_removed_on_resume(tin
     assert [p.name for p in checkpoint_dirs(run)] == ["step-0000003"]
 
     step3 = load_file(str(checkpoints / "step-0000003" / "weights.safetensors"))
-    loaded = dict(load_pretrained(run).named_parameters())  # what chat and serve load
+    loaded = dict(load_pretrained(run)[0].named_parameters())  # what chat and serve load
     assert all(torch.equal(loaded[k], v) for k, v in step3.items())
     assert main(["chat", "--model", str(run), "--max-new-tokens", "2", "hi"]) == 0
     capsys.readouterr()
@@ -94,7 +94,7 @@ def test_disk_full_is_one_line_and_keeps_the_last_checkpoint(tiny_data, tmp_path
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000003"]  # no partial step-6
 
     step3 = load_file(str(run / "checkpoints" / "step-0000003" / "weights.safetensors"))
-    loaded = dict(load_pretrained(run).named_parameters())
+    loaded = dict(load_pretrained(run)[0].named_parameters())
     assert all(torch.equal(loaded[k], v) for k, v in step3.items())
     assert main([*args, "--resume"]) == 0
     assert (run / "weights.safetensors").is_file()

@@ -42,7 +42,7 @@ FILE = {"_type": "gradio.FileData"}
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    engine = Engine(load_pretrained(write_tiny_model(tmp_path_factory.mktemp("tiny-model")))).start()
+    engine = Engine(*load_pretrained(write_tiny_model(tmp_path_factory.mktemp("tiny-model")))).start()
     yield engine
     engine.close()
 

@@ -24,8 +24,8 @@ GREEDY = {"temperature": 0, "max_tokens": 12}
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    model = load_pretrained(write_tiny_model(tmp_path_factory.mktemp("tiny-model")))
-    engine = Engine(model, Limits(max_body_bytes=BODY_LIMIT, max_new_tokens=200)).start()
+    model, processor = load_pretrained(write_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+    engine = Engine(model, processor, Limits(max_body_bytes=BODY_LIMIT, max_new_tokens=200)).start()
     yield engine
     engine.close()
 
@@ -61,7 +61,7 @@ def test_text_completion_with_usage(client, engine):
     choice = out.choices[0]
     assert choice.message.role == "assistant" and isinstance(choice.message.content, str)
     assert choice.finish_reason in ("stop", "length")
-    expected_prompt = engine.model.processor.tokenizer("Hello there", add_special_tokens=False)["input_ids"]
+    expected_prompt = engine.processor.tokenizer("Hello there", add_special_tokens=False)["input_ids"]
     assert out.usage.prompt_tokens == len(expected_prompt)
     assert 1 <= out.usage.completion_tokens <= GREEDY["max_tokens"]
     assert out.usage.total_tokens == out.usage.prompt_tokens + out.usage.completion_tokens
@@ -108,7 +108,7 @@ def test_audio_without_audio_encoder_is_a_clear_400(client):
 
 
 def test_audio_with_an_audio_encoder(tmp_path):
-    engine = Engine(load_pretrained(write_tiny_model(tmp_path / "audio-model", audio=True))).start()
+    engine = Engine(*load_pretrained(write_tiny_model(tmp_path / "audio-model", audio=True))).start()
     try:
         with running_server(create_app(ServerState(engine, MODEL)), free_port()) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
@@ -261,8 +261,9 @@ def test_transcription_route_puts_what_was_said_in_the_prompt(tmp_path):
 
     wav = synthesize(["What colour is the shape?"], TRAIN_VOICE, tmp_path / "speech", progress=False)[0]
     whisper = TranscriberConfig(backend="ctranslate2", name_or_path="zoo:whisper-tiny.en")
-    model = load_pretrained(write_tiny_model(tmp_path / "plain"), audio_route="transcribe", transcriber=whisper)
-    engine = Engine(model).start()
+    model, processor = load_pretrained(write_tiny_model(tmp_path / "plain"), audio_route="transcribe",
+                                       transcriber=whisper)
+    engine = Engine(model, processor).start()
     try:
         handle = engine.stream(Sample([Message("user", "<audio>")], audios=[wav]), GenerationConfig(max_new_tokens=2))
         heard = handle.start_sync().transcripts[0]
@@ -276,7 +277,7 @@ def test_transcription_route_puts_what_was_said_in_the_prompt(tmp_path):
     finally:
         engine.close()
     # The prompt is the transcript itself (the tiny recipe has no template text around it).
-    assert out.usage.prompt_tokens == len(model.processor.tokenizer(heard, add_special_tokens=False)["input_ids"])
+    assert out.usage.prompt_tokens == len(processor.tokenizer(heard, add_special_tokens=False)["input_ids"])
 
 
 def test_remote_images_only_when_allowed(engine):

@@ -25,8 +25,8 @@ EOS_TEXT = "<|endoftext|>"  # the tiny byte tokenizer's EOS, id 256
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    model = load_pretrained(write_tiny_model(tmp_path_factory.mktemp("tiny-model")))
-    engine = Engine(model, Limits(max_body_bytes=BODY_LIMIT, max_new_tokens=200)).start()
+    model, processor = load_pretrained(write_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+    engine = Engine(model, processor, Limits(max_body_bytes=BODY_LIMIT, max_new_tokens=200)).start()
     yield engine
     engine.close()
 
@@ -156,8 +156,8 @@ def test_typed_special_tokens_reach_the_model_as_text(server, engine):
     assert response.status_code == 200, response.text
     # 13 byte tokens, not the single EOS id 256.
     assert response.json()["usage"]["prompt_tokens"] == len(EOS_TEXT.encode())
-    processor = engine.model.processor
-    ids = processor(Sample([Message("user", f"stop {EOS_TEXT} here")]), generation_prompt=True).input_ids.tolist()
+    processor = engine.processor
+    ids = processor.encode_prompt(Sample([Message("user", f"stop {EOS_TEXT} here")])).input_ids.tolist()
     assert processor.tokenizer.eos_token_id not in ids
     assert processor.decode(ids) == f"stop {EOS_TEXT} here"
 
@@ -165,9 +165,9 @@ def test_typed_special_tokens_reach_the_model_as_text(server, engine):
 def test_operators_can_opt_in_to_special_tokens_in_text(engine):
     from copy import copy
 
-    processor = copy(engine.model.processor)
+    processor = copy(engine.processor)
     processor.allow_special_tokens = True
-    ids = processor(Sample([Message("user", f"stop {EOS_TEXT} here")]), generation_prompt=True).input_ids.tolist()
+    ids = processor.encode_prompt(Sample([Message("user", f"stop {EOS_TEXT} here")])).input_ids.tolist()
     assert ids.count(processor.tokenizer.eos_token_id) == 1
 
 

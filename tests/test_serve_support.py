@@ -30,7 +30,7 @@ def write_tiny_model(folder: Path, audio: bool = False) -> Path:
             "random_config": {"d_model": 32, "encoder_layers": 1, "encoder_attention_heads": 2,
                               "encoder_ffn_dim": 64, "num_mel_bins": 80, "max_source_positions": 1500}}}
     recipe = materialize_random(load_recipe(CONFIGS / "tiny-stage1.yaml", overrides), folder / "base")
-    model = build_model(recipe)
+    model, _ = build_model(recipe)
     save_trained_weights(model, folder)
     save_recipe(portable(recipe, folder), folder / RECIPE_FILE)
     return folder

@@ -45,9 +45,9 @@ def stage2_recipe(tiny_data, stage1_run, tmp_path, **train_cfg):
 
 def test_qlora_stage2_starts_from_stage1_and_trains_adapters_and_projector(tiny_data, stage1_run, tmp_path):
     recipe = stage2_recipe(tiny_data, stage1_run, tmp_path)
-    before = load_pretrained(stage1_run)
+    before, _ = load_pretrained(stage1_run)
     result = train(recipe, progress=False)
-    after = load_pretrained(result.run_dir)
+    after, _ = load_pretrained(result.run_dir)
     assert type(after.llm).__name__.startswith("Peft")
     saved = load_file(str(result.run_dir / "weights.safetensors"))
     assert any("lora_A" in k for k in saved) and any(k.startswith("projectors.image") for k in saved)
@@ -65,10 +65,10 @@ def test_train_after_eval_works_with_4bit_on_cpu(tiny_data, stage1_run, tmp_path
     from omnilm.train.stages import apply_stage
 
     recipe = stage2_recipe(tiny_data, stage1_run, tmp_path)
-    model = build_model(recipe)
+    model, processor = build_model(recipe)
     apply_stage(model, "instruct")
     samples = load_samples(recipe.data).samples[:4]
-    batch = collate([model.processor(s) for s in samples], model.processor.tokenizer.pad_token_id)
+    batch = collate([processor(s) for s in samples], processor.tokenizer.pad_token_id)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     for phase in ("train", "eval", "train", "eval", "train"):
         if phase == "eval":
@@ -107,11 +107,11 @@ def test_stage2_resume_with_lora_dropout_is_bit_exact(tiny_data, stage1_run, tmp
 def test_export_merges_lora_into_a_plain_model_with_the_same_outputs(tiny_data, stage1_run, tmp_path, capsys):
     run = train(stage2_recipe(tiny_data, stage1_run, tmp_path), progress=False).run_dir
     assert main(["export", "--model", str(run), "--out", str(tmp_path / "export")]) == 0
-    qlora, exported = load_pretrained(run), load_pretrained(tmp_path / "export")
+    (qlora, processor), (exported, _) = load_pretrained(run), load_pretrained(tmp_path / "export")
     assert type(exported.llm).__name__ == "PhiForCausalLM"  # no peft, no 4-bit
     assert not any(getattr(p, "quant_state", None) is not None for p in exported.parameters())
     samples = load_samples(qlora.recipe.data).samples[:4]
-    batch = collate([qlora.processor(s) for s in samples], qlora.processor.tokenizer.pad_token_id)
+    batch = collate([processor(s) for s in samples], processor.tokenizer.pad_token_id)
     with torch.no_grad():
         a, b = qlora(**batch.model_inputs()).logits, exported(**batch.model_inputs()).logits
     # Stated tolerance: merged fp32 weights vs 4-bit kernel + LoRA path, logits within 1e-3.
@@ -125,13 +125,13 @@ def test_finetune_stage_trains_the_llm_and_later_runs_keep_it(tiny_data, stage1_
                       "image": {"name_or_path": str(stage1_run / "base" / "image_encoder")}}}
     tuned = train(tiny_recipe(tiny_data, tmp_path / "ft", **base,
                               train={"stage": "finetune", "max_steps": 3, "lr": 1e-2}), progress=False).run_dir
-    original = dict(load_pretrained(stage1_run).llm.named_parameters())
-    finetuned = dict(load_pretrained(tuned).llm.named_parameters())
+    original = dict(load_pretrained(stage1_run)[0].llm.named_parameters())
+    finetuned = dict(load_pretrained(tuned)[0].llm.named_parameters())
     assert any(not torch.equal(original[k], v) for k, v in finetuned.items())  # the LLM itself moved
     saved = load_file(str(tuned / "weights.safetensors"))
     assert sum(k.startswith("llm.") for k in saved) == len(finetuned)  # every LLM weight trained and saved
 
     base["model"]["init_from"] = str(tuned)
     frozen = train(tiny_recipe(tiny_data, tmp_path / "after", **base, train={"max_steps": 2}), progress=False).run_dir
-    again = dict(load_pretrained(frozen).llm.named_parameters())
+    again = dict(load_pretrained(frozen)[0].llm.named_parameters())
     assert all(torch.equal(finetuned[k], again[k]) for k in finetuned)  # the fine-tuned LLM, not the base

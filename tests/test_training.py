@@ -15,11 +15,12 @@ from tests.conftest import tiny_recipe
 FAST = {"max_steps": 6, "save_every": 3, "log_every": 1, "batch_size": 4}
 
 
-def logits_of(model, tiny_data):
+def logits_of(loaded, tiny_data):
     from omnilm.data.sources import load_samples
 
+    model, processor = loaded
     samples = load_samples(model.recipe.data).samples[:3]
-    batch = collate([model.processor(s) for s in samples], model.processor.tokenizer.pad_token_id)
+    batch = collate([processor(s) for s in samples], processor.tokenizer.pad_token_id)
     with torch.no_grad():
         return model.eval()(**batch.model_inputs()).logits
 
@@ -39,7 +40,7 @@ def test_run_writes_checkpoint_metrics_plot_and_reloads_identically(tiny_data, t
     reloaded = load_pretrained(run)
     again = load_pretrained(run)
     torch.testing.assert_close(logits_of(reloaded, tiny_data), logits_of(again, tiny_data), rtol=0, atol=0)
-    fresh = load_pretrained(run)
+    fresh, _ = load_pretrained(run)
     fresh_proj = dict(fresh.named_parameters())["projectors.image.proj.weight"]
     torch.testing.assert_close(fresh_proj, saved["projectors.image.proj.weight"], rtol=0, atol=0)
 

@@ -20,28 +20,28 @@ def spoken(tiny_data):
 
 def test_transcript_replaces_the_audio_marker(tiny_data, tmp_path):
     recipe = tiny_recipe(tiny_data, tmp_path, model={"transcriber": OFFLINE_WHISPER})
-    model = build_model(recipe)
-    assert model.processor.audio_route == "transcribe"
+    _, processor = build_model(recipe)
+    assert processor.audio_route == "transcribe"
     wav, text = spoken(tiny_data)
     sample = Sample([Message("user", "<image>Question: <audio>")], images=[sorted(tiny_data["coco_images"].iterdir())[0]],
                     audios=[wav])
-    enc = model.processor(sample, generation_prompt=True)
+    enc = processor.encode_prompt(sample)
     heard = enc.transcripts[0].lower()
     assert "shape" in heard and "picture" in heard, heard
-    decoded = model.processor.decode(enc.input_ids)
+    decoded = processor.decode(enc.input_ids)
     assert enc.transcripts[0] in decoded and "audio" not in enc.media
 
 
 def test_route_is_chosen_at_inference_time(tiny_data, tmp_path):
     run = train(tiny_recipe(tiny_data, tmp_path, train={"max_steps": 1}), progress=False).run_dir
-    plain = load_pretrained(run)
+    _, plain = load_pretrained(run)
     wav, _ = spoken(tiny_data)
     with pytest.raises(DataError, match="no audio encoder and no transcriber"):
-        plain.processor(Sample([Message("user", "<audio>")], audios=[wav]), generation_prompt=True)
+        plain.encode_prompt(Sample([Message("user", "<audio>")], audios=[wav]))
     with pytest.raises(ConfigError, match="audio_route=transcribe needs model.transcriber"):
         load_pretrained(run, audio_route="transcribe")
-    voiced = load_pretrained(run, audio_route="transcribe", transcriber=TranscriberConfig(**OFFLINE_WHISPER))
-    enc = voiced.processor(Sample([Message("user", "<audio>")], audios=[wav]), generation_prompt=True)
+    _, voiced = load_pretrained(run, audio_route="transcribe", transcriber=TranscriberConfig(**OFFLINE_WHISPER))
+    enc = voiced.encode_prompt(Sample([Message("user", "<audio>")], audios=[wav]))
     assert enc.transcripts and enc.transcripts[0].strip()
 
 

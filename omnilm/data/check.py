@@ -44,21 +44,15 @@ def check_data(recipe: Recipe, progress: bool = True) -> CheckReport:
 def data_processor(recipe: Recipe):
     """The processor training builds, without the language model: its tokenizer and the encoders'
     preprocessing are all that reading a sample needs."""
-    from omnilm.data.processor import Processor
-    from omnilm.model.build import resolve_path
+    from omnilm.model.build import build_processor
+    from omnilm.model.paths import resolve_path
     from omnilm.model.encoders import build_encoder
-    from omnilm.model.tokenizer import BYTES, load_tokenizer
 
-    llm = recipe.model.llm
-    if llm.random_config is not None:  # as materialize_random saves it for training
-        tokenizer = load_tokenizer(llm.tokenizer or BYTES)
-    else:
-        tokenizer = load_tokenizer(resolve_path(llm.tokenizer or llm.name_or_path, None), llm.gguf_file)
     encoders = {}
     for modality in ("image", "audio"):
         enc_cfg = copy.deepcopy(getattr(recipe.model, modality))
         if enc_cfg is not None:
             enc_cfg.name_or_path = resolve_path(enc_cfg.name_or_path, None)
             encoders[modality] = build_encoder(enc_cfg, recipe.model.seed)
-    return Processor.from_recipe(recipe, tokenizer, encoders)
+    return build_processor(recipe, encoders)
 

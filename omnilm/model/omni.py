@@ -18,7 +18,7 @@ class OmniLM(nn.Module):
         self.llm = llm
         self.encoders = nn.ModuleDict(encoders)
         self.projectors = nn.ModuleDict(projectors)
-        self.processor = None  # attached by the builder: tokenizer + template + media preprocessing
+        self.recipe = None  # what it was built from (omnilm.model.build sets it; exports save it)
         self.inherited: set[str] = set()  # parameter names loaded from model.init_from (saved with each run)
         base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
         # Whether the LLM takes `logits_to_keep` as positions (most transformers causal LMs do);
@@ -95,14 +95,3 @@ class OmniLM(nn.Module):
         """KV-cached generation through the LLM's own `generate`; returns only the new token ids."""
         embeds = self.embed(input_ids, media, features)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
-
-    def save_pretrained(self, path):  # convenience: see omnilm.model.checkpoint
-        from omnilm.model.export import export_model
-
-        export_model(self, path)
-
-    @classmethod
-    def from_pretrained(cls, path, **kwargs) -> "OmniLM":
-        from omnilm.model.build import load_pretrained
-
-        return load_pretrained(path, **kwargs)

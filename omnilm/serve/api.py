@@ -41,7 +41,7 @@ class ServerState:
         self.model_name = model_name
         self.api_key = api_key
         self.limits = limits or engine.limits  # request checks; queueing limits stay the engine's
-        processor = engine.model.processor
+        processor = engine.processor
         # native (audio encoder) | transcribe (Whisper text in the prompt) | none
         self.audio_route = processor.audio_route
         self.audio_max_seconds = processor.audio_max_seconds

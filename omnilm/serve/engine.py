@@ -4,19 +4,18 @@ Why one thread: a model (and its tokenizer) is not safe to run from several thre
 and on one device concurrent forwards would only fight over it. Requests are queued instead,
 and requests with the same generation settings - streaming or not - are batched into one
 left-padded `generate` call, so 32 concurrent requests cost a few batched passes, not 32.
-Streamed text leaves the batch step by step through `generate`'s streamer hook (on this same
-thread) into a per-request queue the worker never waits on, so a slow client cannot block
+Streamed text leaves the batch step by step: each request's handle is one of `generate`'s
+readers (fed on this same thread), a per-request queue the worker never waits on, so a slow client cannot block
 the worker; a cancelled stream (client gone) stops receiving, and a batch whose every row is
-a cancelled stream stops at its next step. Each request is tokenized alone first, so one bad
-request fails alone, not its whole batch.
+a cancelled stream stops at its next step. Each request is encoded once, alone, when it
+arrives (so one bad request fails alone, not its whole batch); that encoding is what the
+batch generates from.
 """
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import queue
-import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -24,9 +23,10 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from omnilm.data.processor import Encoded
 from omnilm.data.sample import Sample
 from omnilm.errors import OmniError
-from omnilm.generate import GenerationConfig, eos_ids, generate, reply_text
+from omnilm.generate import GenerationCancelled, GenerationConfig, generate
 from omnilm.serve.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -118,20 +118,21 @@ class _Job:
     max_tokens_given: bool
     future: Future | None = None  # non-streaming: resolves to a Completion
     handle: StreamHandle | None = None  # streaming
-    prompt_tokens: int = 0
+    encoded: Encoded | None = None  # the prompt, encoded once when the request is accepted
     transcripts: list[str] | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.encoded.input_ids) if self.encoded is not None else 0
 
 
 class Engine:
-    def __init__(self, model, limits: Limits | None = None):
+    def __init__(self, model, processor, limits: Limits | None = None):
         self.model = model
+        self.processor = processor
         self.limits = limits or Limits()
         self.context = _context_window(model)
-        # The processor refuses prompts over its max_length with a training-flavoured message;
-        # this copy only counts, so the limit can be checked here and explained in serving terms.
-        self._counter = copy.copy(model.processor)
-        self._counter.max_length = sys.maxsize
-        self.max_prompt_tokens = min(x for x in (model.processor.max_length, self.limits.max_prompt_tokens,
+        self.max_prompt_tokens = min(x for x in (processor.max_length, self.limits.max_prompt_tokens,
                                                  self.context) if x is not None)
         self._inbox: queue.Queue = queue.Queue()
         self._pending: list[_Job] = []  # tokenized jobs waiting for a batch (worker thread only)
@@ -218,12 +219,10 @@ class Engine:
         self._pending.append(job)
 
     def _prepare(self, job: _Job) -> None:
-        """Tokenize alone to check the limits: a bad request fails here, before it joins a batch."""
-        processor = self.model.processor
-        if job.sample.audios and processor.audio_route == "transcribe":
-            # Once, here: the sample then carries text, so generate() does not transcribe it again.
-            job.sample, job.transcripts = processor.transcribe(job.sample)
-        prompt = int(self._counter(job.sample, generation_prompt=True).input_ids.numel())
+        """Encode alone and check the limits: a bad request fails here, before it joins a batch.
+        The length is checked here, not by the processor, to explain it in serving terms."""
+        encoded = self.processor.encode_prompt(job.sample, check_length=False)
+        prompt = len(encoded.input_ids)
         if prompt > self.max_prompt_tokens:
             raise PromptTooLong(f"the prompt is {prompt} tokens; this server accepts at most {self.max_prompt_tokens} "
                                 "(shorten the messages or send fewer images)")
@@ -239,7 +238,7 @@ class Engine:
                 raise PromptTooLong(f"the prompt is {prompt} tokens, which fills this model's "
                                     f"{self.context}-token context; shorten the messages")
             config = replace(config, max_new_tokens=min(config.max_new_tokens, room))
-        job.prompt_tokens, job.config = prompt, config
+        job.encoded, job.transcripts, job.config = encoded, encoded.transcripts, config
 
     def _next_batch(self) -> list[_Job]:
         """The oldest waiting request plus later ones with the same settings, up to max_batch_size."""
@@ -256,11 +255,10 @@ class Engine:
 
     def _run_batch(self, batch: list[_Job]) -> None:
         started = time.monotonic()
-        fan_out = _FanOut(batch, self.model) if any(j.handle is not None for j in batch) else None
         with torch.no_grad():
-            results, error = _attempt(lambda: generate(self.model, [j.sample for j in batch], batch[0].config,
-                                                       streamer=fan_out))
-        if isinstance(error, _AllCancelled):
+            results, error = _attempt(lambda: generate(self.model, self.processor, [j.encoded for j in batch],
+                                                       batch[0].config, readers=[j.handle for j in batch]))
+        if isinstance(error, GenerationCancelled):
             self.stats["cancelled"] += len(batch)
             for _ in batch:
                 self._release()
@@ -272,7 +270,9 @@ class Engine:
         for i, job in enumerate(batch):
             if error is None and job.handle is not None:
                 self.stats["cancelled"] += job.handle.cancelled
-                fan_out.finish(i, results[i])
+                if not job.handle.cancelled:
+                    job.handle.put(StreamEnd(results[i].prompt_tokens, results[i].completion_tokens,
+                                             results[i].finish_reason))
                 self._release()
             else:
                 self._finish(job, results[i] if error is None else None, error)
@@ -305,81 +305,12 @@ class Engine:
                 self._finish(job, None, error)
 
 
-class _AllCancelled(Exception):
-    """Every row of a batch is a stream whose client has gone: stop generating."""
-
-
-class _FanOut:
-    """A transformers streamer (put/end) for a whole batch: each streaming row's new text goes
-    to its handle as soon as it is certain (not half a character, not the start of a stop string).
-
-    Each step decodes the row's ids so far in full: the streamed text is then exactly a prefix
-    of the final decode, whatever the tokenizer does with neighbouring tokens.
-    """
-
-    def __init__(self, batch: list[_Job], model):
-        self.batch = batch
-        self.tokenizer = model.processor.tokenizer
-        self.eos = eos_ids(model)
-        self.ids: list[list[int]] = [[] for _ in batch]
-        self.sent: list[str] = ["" for _ in batch]
-        self.done = [job.handle is None for job in batch]
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # the streamer protocol hands over the prompt ids first
-            self.prompt_seen = True
-            return
-        if all(job.handle is not None and job.handle.cancelled for job in self.batch):
-            raise _AllCancelled
-        for row, token in enumerate(value.reshape(-1).tolist()):
-            if self.done[row]:
-                continue
-            job = self.batch[row]
-            if job.handle.cancelled or token in self.eos:
-                self.done[row] = True
-                continue
-            self.ids[row].append(token)
-            self._send(row, final=False)
-
-    def end(self) -> None:
-        pass
-
-    def _send(self, row: int, final: bool, text: str | None = None) -> None:
-        stops = self.batch[row].config.stop
-        if text is None:
-            text = reply_text(self.tokenizer.decode(self.ids[row], skip_special_tokens=True))
-        cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=None)
-        if cut is not None:
-            text, self.done[row] = text[:cut], True
-        elif not final:
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                return
-            text = text[: len(text) - _held_back(text, stops)]
-        if len(text) > len(self.sent[row]) and text.startswith(self.sent[row]):
-            self.batch[row].handle.put(text[len(self.sent[row]):])
-            self.sent[row] = text
-
-    def finish(self, row: int, completion) -> None:
-        """The rest of the row's final text, then its usage."""
-        job = self.batch[row]
-        if not job.handle.cancelled:
-            self._send(row, final=True, text=completion.text)
-            job.handle.put(StreamEnd(completion.prompt_tokens, completion.completion_tokens,
-                                     completion.finish_reason))
-
-
-def _held_back(text: str, stops: list[str]) -> int:
-    """Length of the longest end of `text` that could be the start of a stop string."""
-    return max((k for s in stops for k in range(1, min(len(s), len(text) + 1)) if text.endswith(s[:k])), default=0)
-
-
 def _attempt(fn):
     """(result, None) or (None, error): one request's failure must never end the worker."""
     try:
         return fn(), None
     except Exception as err:  # noqa: BLE001 - handed to the request(s) that caused it
-        if not isinstance(err, (OmniError, _AllCancelled)):
+        if not isinstance(err, (OmniError, GenerationCancelled)):
             log.exception("generation failed")
         return None, err
 

@@ -19,13 +19,12 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from omnilm.data.audio import load_audio
+from omnilm.data.audio import SAMPLING_RATE, load_audio
 from omnilm.data.images import load_image
 from omnilm.errors import MediaError
 from omnilm.serve.errors import APIError, bad_request
 from omnilm.serve.limits import Limits
 
-SAMPLING_RATE = 16000
 # input_audio.format values OpenAI documents plus what libsndfile also decodes.
 AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "opus")
 DEFAULT_PORTS = {"http": 80, "https": 443}

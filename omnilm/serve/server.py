@@ -20,12 +20,12 @@ def load_state(model_dir: str, *, model_name: str | None = None, api_key: str | 
     from omnilm.config import transcriber_config
     from omnilm.model.build import load_pretrained
 
-    model = load_pretrained(model_dir, device=device, audio_route=audio_route,
-                            transcriber=transcriber_config(transcriber, transcriber_backend))
-    model.processor.allow_special_tokens = allow_special_tokens  # before the engine copies the processor
-    engine = Engine(model, limits or Limits()).start()
+    model, processor = load_pretrained(model_dir, device=device, audio_route=audio_route,
+                                       transcriber=transcriber_config(transcriber, transcriber_backend))
+    processor.allow_special_tokens = allow_special_tokens
+    engine = Engine(model, processor, limits or Limits()).start()
     name = model_name or Path(model_dir).resolve().name
-    log.info("serving %s as %r (audio route: %s)", model_dir, name, model.processor.audio_route)
+    log.info("serving %s as %r (audio route: %s)", model_dir, name, processor.audio_route)
     return ServerState(engine, name, api_key)
 
 

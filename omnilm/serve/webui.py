@@ -13,13 +13,12 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image, ImageDraw
 
-from omnilm.data.audio import load_audio
+from omnilm.data.audio import SAMPLING_RATE, load_audio
 from omnilm.data.images import load_image
 from omnilm.errors import OmniError
 from omnilm.generate import GenerationConfig
 from omnilm.serve.engine import Busy
 from omnilm.serve.errors import APIError
-from omnilm.serve.media import SAMPLING_RATE
 from omnilm.serve.protocol import AudioClip, Turn, to_sample
 
 UI_PATH = "/ui"

@@ -115,12 +115,12 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
         save_recipe(portable(recipe, run_dir), run_dir / RECIPE_FILE)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(recipe, device=accelerator.device)
+    model, processor = build_model(recipe, device=accelerator.device)
     report = apply_stage(model, cfg.stage)
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     loaded = load_samples(recipe.data)
-    dataset = SampleDataset(loaded.samples, model.processor, cache, recipe.data.skip_bad)
+    dataset = SampleDataset(loaded.samples, processor, cache, recipe.data.skip_bad)
     per_epoch = len(dataset) // (cfg.batch_size * accelerator.num_processes)
     total_steps = cfg.epochs * max(per_epoch // cfg.grad_accum, 1) if cfg.epochs else cfg.max_steps
     if main:
@@ -140,7 +140,6 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
 
     batches = ResumableBatches(len(dataset), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
                                cfg.seed, start=state.micro, total=total_steps * cfg.grad_accum)
-    processor = accelerator.unwrap_model(model).processor
     # Iterating a DataLoader draws its workers' base seed from `generator`, or else from the
     # global RNG that dropout uses, which would shift every later mask on resume.
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=recipe.data.num_workers,
