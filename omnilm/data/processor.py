@@ -10,6 +10,8 @@ from omnilm.data.chat import IGNORE, get_template, render
 from omnilm.data.images import load_image
 from omnilm.data.sample import AUDIO_TOKEN, Message, Sample, check_messages
 from omnilm.errors import DataError
+from omnilm.model.components import ENCODERS
+from omnilm.model.projector import llm_tokens
 
 MARKER_AUDIO = re.compile(re.escape(AUDIO_TOKEN))
 
@@ -26,7 +28,8 @@ class Encoded:
 class Processor:
     def __init__(self, tokenizer, template: str, encoders: dict, end_token_ids: dict, max_length: int,
                  system: str | None = None, audio_max_seconds: float = 120.0, audio_route: str = "auto",
-                 transcriber_config=None, tokens_per_feature: dict | None = None, allow_special_tokens: bool = False):
+                 transcriber_config=None, tokens_per_feature: dict | None = None, allow_special_tokens: bool = False,
+                 stack_frames: dict | None = None):
         self.tokenizer = tokenizer
         self.template_name = template
         self.template = get_template(template)
@@ -37,6 +40,7 @@ class Processor:
         self.audio_max_seconds = audio_max_seconds
         self.transcriber_config = transcriber_config
         self.tokens_per_feature = tokens_per_feature or {}  # projectors that expand each feature
+        self.stack_frames = stack_frames or {}  # projectors that stack k encoder frames into one token
         # Off: special tokens typed in message text stay text; only the template writes control tokens.
         self.allow_special_tokens = allow_special_tokens
         self._transcriber = None  # loaded on first use: a Whisper model is not small
@@ -52,8 +56,10 @@ class Processor:
         ends = {m: getattr(model, m).end_token_id for m in ("image", "audio") if getattr(model, m) is not None}
         audio_max = model.audio.max_seconds if model.audio is not None else 120.0
         expand = {m: getattr(model, m).projector.tokens_per_feature for m in ends}
+        stack = {m: ENCODERS[getattr(model, m).type].stack(getattr(model, m)) for m in ends}
         return cls(tokenizer, recipe.data.template, encoders, ends, recipe.data.max_length,
-                   recipe.data.system, audio_max, model.audio_route, model.transcriber, expand)
+                   recipe.data.system, audio_max, model.audio_route, model.transcriber, expand,
+                   stack_frames=stack)
 
     def load_media(self, sample: Sample, features: dict | None = None) -> tuple[dict, dict]:
         """Read and preprocess each media item unless its encoder features are given."""
@@ -82,7 +88,8 @@ class Processor:
     def token_counts(self, media: dict, features: dict) -> dict[str, list[int]]:
         counts = {m: [self.encoders[m].num_tokens(x) for x in xs] for m, xs in media.items()}
         counts.update({m: [int(f.shape[0]) for f in fs] for m, fs in features.items()})
-        return {m: [n * self.tokens_per_feature.get(m, 1) for n in ns] for m, ns in counts.items()}
+        return {m: [llm_tokens(n, self.stack_frames.get(m, 1), self.tokens_per_feature.get(m, 1)) for n in ns]
+                for m, ns in counts.items()}
 
     def transcriber(self):
         if self._transcriber is None:
