@@ -138,8 +138,9 @@ def weights_file(folder) -> Path | None:
 
 
 def _renamed(saved: dict, own: dict) -> dict:
-    """Runs saved before frame stacking moved from the Whisper encoder into the audio projector name
-    its layers without the FrameStack's "inner." (projectors.audio.0.weight, now projectors.audio.inner.0.weight)."""
+    """Runs saved before frame stacking moved from the Whisper encoder into the audio projector
+    name its layers without FrameStack's "inner." (projectors.audio.0.weight, now
+    projectors.audio.inner.0.weight)."""
     def current(name: str) -> str:
         if name in own or not name.startswith("projectors."):
             return name
