@@ -79,6 +79,7 @@ def smollm2_path():
     return smollm2_folder()
 
 
+@pytest.mark.slow  # converts the GGUF model first (~25 s)
 def test_smollm2_folder_is_cached(smollm2_path, monkeypatch):
     from omnilm.zoo import smollm2
 
@@ -92,6 +93,7 @@ def test_smollm2_folder_is_cached(smollm2_path, monkeypatch):
     assert weights.stat().st_mtime_ns == written
 
 
+@pytest.mark.slow  # converts the GGUF model first (~25 s)
 def test_smollm2_answers_a_chat_question(smollm2_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -110,6 +112,7 @@ def test_smollm2_answers_a_chat_question(smollm2_path):
     assert "Paris" in answer, answer
 
 
+@pytest.mark.slow  # converts the GGUF model first (~25 s)
 def test_smollm2_chat_markers_typed_by_a_user_stay_text(smollm2_path):
     """A user cannot close their turn and open a fake system turn: only the template's markers are tokens."""
     from transformers import AutoTokenizer
