@@ -43,7 +43,7 @@ ENCODERS = {
         "(image_size / patch_size)^2 patch tokens (SigLIP has no CLS token)", True, _TOWER,
         options=("layer", "image_size")),
     "efficientnet_lite0": EncoderSpec(
-        "image", "shortest edge to image_size, centre crop, ImageNet normalization",
+        "image", "shortest edge to image_size, centre crop, (x - 127) / 128 per channel",
         "ceil(image_size / 32)^2 grid cells, or pool_grid^2", False,
         "omnilm.model.efficientnet_encoder:build_efficientnet_encoder",
         options=("image_size", "pool_grid"), fixed_architecture=True),
