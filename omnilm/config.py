@@ -18,6 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from omnilm.errors import ConfigError
+from omnilm.model.components import ENCODERS, encoder_spec
 
 SEED_LIMIT = 2**32  # numpy and torch generators both take seeds in [0, 2**32)
 
@@ -60,7 +61,7 @@ class ProjectorConfig:
 
 @dataclass
 class EncoderConfig:
-    type: str = "clip"  # registry name, see omnilm.model.encoders.ENCODERS
+    type: str = "clip"  # registry name, see omnilm.model.components.ENCODERS
     name_or_path: Optional[str] = None  # hub id or folder of pretrained weights
     random_config: Optional[dict] = None  # build a randomly initialised encoder from this config
     layer: int = -1  # which hidden state to take (-1 = last, -2 = LLaVA's choice)
@@ -297,14 +298,31 @@ def validate(recipe: Recipe) -> None:
     if recipe.model.audio_route == "transcribe" and recipe.model.transcriber is None:
         raise ConfigError("model.audio_route=transcribe needs model.transcriber (backend, name_or_path)")
     for name in ("image", "audio"):
-        enc = getattr(recipe.model, name)
-        if enc is not None and enc.name_or_path is None and enc.random_config is None and enc.type in _NEEDS_SOURCE:
-            raise ConfigError(f"model.{name}: set name_or_path (pretrained) or random_config (random init)")
-        if enc is not None and enc.pool_grid is not None and enc.type != "efficientnet_lite0":
-            raise ConfigError(f"model.{name}.pool_grid: for efficientnet_lite0 encoders only")
+        if getattr(recipe.model, name) is not None:
+            check_encoder(getattr(recipe.model, name), f"model.{name}")
     lora = recipe.model.llm.lora
     if lora is not None and not lora.target_modules:
         raise ConfigError("model.llm.lora.target_modules: must name at least one layer of the LLM")
+
+
+# EncoderConfig keys that some encoder types read and others ignore (see EncoderSpec.options).
+TYPE_OPTIONS = sorted({option for spec in ENCODERS.values() for option in spec.options})
+
+
+def check_encoder(enc: EncoderConfig, where: str) -> None:
+    """The encoder's registry entry decides its slot, whether it needs weights and which options apply."""
+    spec = encoder_spec(enc.type, f"{where}.type")
+    slot = where.rsplit(".", 1)[-1]
+    if spec.modality != slot:
+        raise ConfigError(f"{where}.type {enc.type!r} is an {spec.modality} encoder; it cannot be model.{slot}")
+    if spec.needs_weights and enc.name_or_path is None and enc.random_config is None:
+        raise ConfigError(f"{where}.name_or_path: a {enc.type} encoder needs weights: set name_or_path "
+                          "(a pretrained folder or hub id) or random_config (random init)")
+    defaults = EncoderConfig()
+    for option in TYPE_OPTIONS:
+        if option not in spec.options and getattr(enc, option) != getattr(defaults, option):
+            users = ", ".join(name for name, s in ENCODERS.items() if option in s.options)
+            raise ConfigError(f"{where}.{option}: for {users} encoders only, not {enc.type}")
 
 
 def check_bounds(node, path: str = "") -> None:
@@ -331,9 +349,6 @@ def _check_number(value, where: str, bounds: Bounds | None, kind: str = "a finit
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
     elif isinstance(value, float) and not math.isfinite(value) or bounds is not None and not bounds.allows(value):
         raise ConfigError(f"{where} = {value!r}: must be {kind}{f' {bounds}' if bounds else ''}")
-
-
-_NEEDS_SOURCE = ("clip", "whisper")
 
 
 def _get(obj, dotted: str):

@@ -1,12 +1,17 @@
 """The native audio route inside OmniLM: placeholders follow audio length, mixed batches,
 audio-align trains only the audio projector, end to end on espeak-ng speech."""
+from pathlib import Path
+
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from omnilm.config import load_recipe
 from omnilm.data.collate import collate
 from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample
 from omnilm.model.build import build_model
+from omnilm.model.checkpoint import load_trained_weights
+from omnilm.model.projector import FrameStack
 from omnilm.train.loop import train
 from omnilm.train.stages import apply_stage
 from tests.conftest import CONFIGS
@@ -59,3 +64,32 @@ def test_tiny_audio_recipe_trains_end_to_end(tiny_data, tmp_path):
     result = train(recipe, progress=False)
     assert result.losses[-1] < result.losses[0]
     assert (result.run_dir / "weights.safetensors").is_file()
+
+
+def test_stacking_moved_into_the_projector_keeps_the_numbers():
+    """Frame stacking used to happen in the Whisper encoder; the tiny audio model's projected audio
+    embeddings and logits were recorded on that code (tests/data) and must not change."""
+    reference = load_file(str(Path(__file__).parent / "data" / "tiny_audio_before_stacking_moved.safetensors"))
+    model = build_model(load_recipe(CONFIGS / "tiny-audio.yaml")).eval()
+    rng = np.random.default_rng(0)
+    waves = [(0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in (0.5, 2.345)]
+    encoded = model.processor(Sample([Message("user", "<audio> and <audio>\nTranscribe:")], audios=waves),
+                              generation_prompt=True)
+    assert isinstance(model.projectors["audio"], FrameStack) and model.encoders["audio"].hidden_size == 32
+    assert torch.equal(encoded.input_ids, reference["input_ids"])  # 4 + 15 stacked tokens, not 25 + 118 frames
+    with torch.no_grad():
+        embeddings = model.media_features("audio", encoded.media["audio"], None)
+        logits = model(encoded.input_ids[None], media=encoded.media).logits[0]
+    torch.testing.assert_close(embeddings, reference["audio_embeddings"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits, reference["logits"], rtol=0, atol=1e-4)
+
+
+def test_audio_weights_saved_before_stacking_moved_still_load(tmp_path):
+    model = build_model(load_recipe(CONFIGS / "tiny-audio.yaml"))
+    old_names = {n.replace("projectors.audio.inner.", "projectors.audio."): p.detach() + 1
+                 for n, p in model.named_parameters() if n.startswith("projectors.audio.")}
+    save_file(old_names, str(tmp_path / "weights.safetensors"))
+    assert sorted(load_trained_weights(model, tmp_path)) == sorted(
+        n for n, _ in model.named_parameters() if n.startswith("projectors.audio."))
+    weight = dict(model.named_parameters())["projectors.audio.inner.0.weight"]
+    torch.testing.assert_close(weight, old_names["projectors.audio.0.weight"])

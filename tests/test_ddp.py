@@ -4,12 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.conftest import CONFIGS, ROOT
 
 
+@pytest.mark.slow  # two processes, each importing torch and building the model
 def test_two_process_run_ends_with_identical_projectors(tiny_data, tmp_path):
     accelerate = Path(sys.executable).with_name("accelerate")
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

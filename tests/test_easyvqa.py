@@ -147,7 +147,8 @@ def test_balance_yes_no_evens_each_question(train_rows):
         assert after[(question, "yes")] == after[(question, "no")] == min(before[(question, "yes")],
                                                                           before[(question, "no")])
     ids = [it.id for it in balanced]
-    assert len(set(ids)) == len(ids)
-    assert ids == [it.id for it in train_rows if it.id in set(ids)]  # original order
-    assert {it.id for it in train_rows if it.qtype != "yes/no"} <= set(ids)  # colour and shape all kept
+    kept = set(ids)
+    assert len(kept) == len(ids)
+    assert ids == [it.id for it in train_rows if it.id in kept]  # original order
+    assert {it.id for it in train_rows if it.qtype != "yes/no"} <= kept  # colour and shape all kept
     assert ids != [it.id for it in easyvqa.balance_yes_no(train_rows, seed=1)]  # seeded choice

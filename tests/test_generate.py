@@ -2,6 +2,8 @@
 two ways of producing the same tokens (cached vs uncached, batched vs single, stream vs not)."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -132,9 +134,19 @@ def test_stream_honours_stop_strings(model, processor, prompts):
 
 
 def test_stream_closed_early_stops_the_worker(model, processor, prompts):
-    pieces = stream(model, processor, prompts[0], GenerationConfig(max_new_tokens=100, ignore_eos=True))
-    next(pieces)
-    pieces.close()  # must return promptly (the worker sees the cancel at its next token)
+    steps = []  # one LLM forward per generated token
+    hook = model.llm.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        pieces = stream(model, processor, prompts[0], GenerationConfig(max_new_tokens=100, ignore_eos=True))
+        next(pieces)
+        closer = threading.Thread(target=pieces.close, daemon=True)  # close() waits for the worker to end
+        closer.start()
+        closer.join(timeout=60)  # a deadlock fails here instead of hanging the suite; normally milliseconds
+        assert not closer.is_alive(), "closing the stream did not return: the worker kept running"
+    finally:
+        hook.remove()
+    assert not any(t.name == "omnilm-generate" and t.is_alive() for t in threading.enumerate())
+    assert len(steps) < 100  # it stopped early instead of generating all 100 tokens
 
 
 def test_seeded_sampling_is_reproducible(model, processor, prompts):

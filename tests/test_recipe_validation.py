@@ -8,12 +8,14 @@ import re
 import pytest
 import torch
 import yaml
+from accelerate import init_empty_weights
 
 from omnilm.cli import main
-from omnilm.config import load_recipe
+from omnilm.config import EncoderConfig, load_recipe
 from omnilm.errors import OmniError
 from omnilm.model.build import materialize_random
 from omnilm.model.checks import check_against_model
+from omnilm.model.components import ENCODERS
 from omnilm.train.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 
@@ -62,6 +64,15 @@ CASES = [  # (id, recipe, overrides, what the error must say)
     ("lr_scale_negative", STAGE1, ["--train.lr_scale.image_projector=-1"],
      r"train\.lr_scale\.image_projector = -1: must be a finite number in \[0, 100\]"),
     ("section_as_list", "train-as-list", [], r"train: expected a mapping, got list"),
+    # encoder facts now come from one registry (omnilm.model.components); a siglip without weights passed
+    ("siglip_without_weights", STAGE1, ["--model.image.type=siglip", "--model.image.random_config="],
+     r"model\.image\.name_or_path: a siglip encoder needs weights: set name_or_path"),
+    ("audio_encoder_as_image", STAGE1, ["--model.image.type=whisper"],
+     r"model\.image\.type 'whisper' is an audio encoder; it cannot be model\.image"),
+    ("unknown_encoder_type", STAGE1, ["--model.image.type=vit"],
+     r"model\.image\.type 'vit': not an encoder type; choose one of clip \(image\), siglip \(image\)"),
+    ("pool_grid_on_clip", STAGE1, ["--model.image.pool_grid=2"],
+     r"model\.image\.pool_grid: for efficientnet_lite0 encoders only, not clip"),
     # a wrong path was reported as a malformed hub id
     ("model_path_missing", STAGE2, ["--model.llm.name_or_path={tmp}/no-such-run/base/llm"],
      r"model\.llm\.name_or_path '.*no-such-run/base/llm': no such local file or folder, and not a Hugging Face "
@@ -113,6 +124,25 @@ def test_checks_accept_the_shipped_tiny_recipes_and_leave_the_rng_alone(tiny_dat
         after = torch.rand(3)
         torch.manual_seed(0)
         torch.testing.assert_close(after, torch.rand(3), rtol=0, atol=0)  # the seeded run draws what it did
+
+
+TINY_ENCODERS = {  # a random config for each registered encoder type
+    "clip": {"model_type": "clip_vision_model", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+             "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+    "siglip": {"model_type": "siglip_vision_model", "hidden_size": 16, "intermediate_size": 32,
+               "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+    "efficientnet_lite0": {},
+    "whisper": {"num_mel_bins": 80, "d_model": 16, "encoder_layers": 1, "encoder_attention_heads": 2,
+                "encoder_ffn_dim": 32},
+}
+
+
+def test_each_registry_entry_builds_an_encoder_of_its_modality():
+    assert set(TINY_ENCODERS) == set(ENCODERS)
+    for name, spec in ENCODERS.items():
+        with init_empty_weights():
+            encoder = spec.build(EncoderConfig(type=name, random_config=TINY_ENCODERS[name]), 0)
+        assert encoder.modality == spec.modality, name
 
 
 def test_an_override_may_fill_a_section_the_recipe_left_empty(tmp_path):

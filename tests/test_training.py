@@ -1,5 +1,6 @@
 """The training loop end to end: outputs, checkpoint round trip, exact resume, cached features."""
 import json
+import math
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from omnilm.data.collate import collate
 from omnilm.errors import ConfigError, OmniError
 from omnilm.model.build import load_pretrained
 from omnilm.train.cache import cache_features
-from omnilm.train.loop import train
+from omnilm.train.loop import lr_schedule, train
 from tests.conftest import tiny_recipe
 
 FAST = {"max_steps": 6, "save_every": 3, "log_every": 1, "batch_size": 4}
@@ -27,7 +28,8 @@ def logits_of(loaded, tiny_data):
 
 def test_run_writes_checkpoint_metrics_plot_and_reloads_identically(tiny_data, tmp_path):
     recipe = tiny_recipe(tiny_data, tmp_path, train=FAST)
-    result = train(recipe, progress=False)
+    trained = {}  # the model as training left it (the callback runs after every step)
+    result = train(recipe, progress=False, callbacks=[lambda state, model: trained.update(model=model)])
     run = result.run_dir
     assert (run / "weights.safetensors").is_file() and (run / "loss.png").stat().st_size > 1000
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -38,11 +40,32 @@ def test_run_writes_checkpoint_metrics_plot_and_reloads_identically(tiny_data, t
     assert saved and all(k.startswith("projectors.image.") for k in saved)
 
     reloaded = load_pretrained(run)
-    again = load_pretrained(run)
-    torch.testing.assert_close(logits_of(reloaded, tiny_data), logits_of(again, tiny_data), rtol=0, atol=0)
-    fresh, _ = load_pretrained(run)
-    fresh_proj = dict(fresh.named_parameters())["projectors.image.proj.weight"]
-    torch.testing.assert_close(fresh_proj, saved["projectors.image.proj.weight"], rtol=0, atol=0)
+    as_trained = (trained["model"], reloaded[1])  # the same processor: only the weights may differ
+    torch.testing.assert_close(logits_of(reloaded, tiny_data), logits_of(as_trained, tiny_data), rtol=0, atol=0)
+    reloaded_proj = dict(reloaded[0].named_parameters())["projectors.image.proj.weight"]
+    torch.testing.assert_close(reloaded_proj, saved["projectors.image.proj.weight"], rtol=0, atol=0)
+
+
+def hand_written_lr(step: int, warmup: int, total: int) -> float:
+    """The schedule's factor as omnilm computed it by hand before using torch's schedulers."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@pytest.mark.parametrize("warmup, total", [(0, 10), (1, 10), (5, 30), (3, 3), (100, 5000)])
+def test_lr_schedule_gives_the_hand_written_values(warmup, total):
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    scheduler = lr_schedule(optimizer, warmup, total)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [2e-3 * hand_written_lr(step, warmup, total) for step in range(total)]
+    torch.testing.assert_close(torch.tensor(lrs, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
+                               rtol=1e-12, atol=1e-15)
 
 
 def test_resume_after_interrupt_reaches_the_same_weights(tiny_data, tmp_path):

@@ -1,4 +1,5 @@
-"""WhisperAudioEncoder on a tiny random Whisper: lengths, stacking, windows, exactness."""
+"""WhisperAudioEncoder on a tiny random Whisper: lengths, windows, exactness; the audio projector's
+frame stacking."""
 import math
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from omnilm.errors import MediaError, MissingDependency, OmniError
+from omnilm.model.projector import FrameStack, build_projector, llm_tokens, stack_frames
 from omnilm.model.whisper_encoder import WhisperAudioEncoder
 
 SR = 16000
@@ -26,7 +28,7 @@ def tiny_config(**overrides) -> WhisperConfig:
 @pytest.fixture(scope="module")
 def encoder() -> WhisperAudioEncoder:
     torch.manual_seed(0)
-    return WhisperAudioEncoder.from_config(tiny_config(), stack_frames=8)
+    return WhisperAudioEncoder.from_config(tiny_config())
 
 
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
@@ -39,30 +41,38 @@ def test_token_count_follows_real_length(encoder, seconds):
     # 10 ms a mel frame, padded only to an even count (conv2 stride 2)
     expected_mel = 2 * math.ceil(seconds * SR / 320)
     assert mel.shape == (80, expected_mel)
-    expected_tokens = math.ceil(expected_mel / 2 / 8)
-    assert encoder.num_tokens(mel) == expected_tokens
+    expected_frames = expected_mel // 2
+    assert encoder.num_tokens(mel) == expected_frames
+    assert llm_tokens(expected_frames, stack=8) == math.ceil(expected_mel / 2 / 8)  # what the projector makes
     with torch.no_grad():
         (out,) = encoder([mel])
-    assert out.shape == (expected_tokens, encoder.hidden_size)
-    assert encoder.hidden_size == 32 * 8 and encoder.modality == "audio"
+    assert out.shape == (expected_frames, encoder.hidden_size)
+    assert encoder.hidden_size == 32 and encoder.modality == "audio"
 
 
 def test_stacking_puts_k_consecutive_frames_side_by_side(encoder):
     mel = encoder.preprocess(noise(1.23))  # 124 mel -> 62 frames -> 8 tokens (6 pad)
-    k, d = encoder.stack_frames, encoder.d_model
+    k, d = 8, encoder.hidden_size
     with torch.no_grad():
-        frames = encoder._encode_windows([mel])[0]  # [62, D]
-        (stacked,) = encoder([mel])  # [8, 8 * D]
+        (frames,) = encoder([mel])  # [62, D]
+    stacked = stack_frames(frames, k)  # [8, 8 * D]
     assert frames.shape == (62, d) and stacked.shape == (8, k * d)
     for t in range(62):
         torch.testing.assert_close(stacked[t // k, (t % k) * d : (t % k + 1) * d], frames[t])
     assert torch.all(stacked[-1, (62 % k) * d :] == 0)  # zero-padded tail
+    assert torch.equal(stack_frames(frames, 1), frames)
 
+
+def test_frame_stack_projector_pads_each_clip_on_its_own():
     torch.manual_seed(0)
-    one = WhisperAudioEncoder.from_config(tiny_config(), stack_frames=1)
+    projector = build_projector("linear", 4, 6, stack=3)
+    assert isinstance(projector, FrameStack) and projector.inner.weight.shape == (6, 12)
+    clips = [torch.randn(5, 4), torch.randn(7, 4)]  # 2 + 3 tokens: each tail is padded apart
     with torch.no_grad():
-        (unstacked,) = one([mel])
-    torch.testing.assert_close(unstacked, frames)
+        out = projector(clips)
+        expected = torch.cat([projector.inner(stack_frames(c, 3)) for c in clips])
+    assert out.shape == (5, 6)
+    torch.testing.assert_close(out, expected)
 
 
 def test_exactly_one_window_matches_transformers_forward(encoder):
@@ -86,8 +96,8 @@ def test_long_audio_is_encoded_in_30s_windows(encoder):
         (out,) = encoder([mel])
     whole = torch.cat(frames)  # [1500 + 1500 + 260, D]
     assert whole.shape[0] == 3260
-    assert out.shape == (math.ceil(3260 / 8), encoder.hidden_size) == (encoder.num_tokens(mel), 256)
-    torch.testing.assert_close(out.reshape(-1, encoder.d_model)[:3260], whole)
+    assert out.shape == (3260, encoder.hidden_size) == (encoder.num_tokens(mel), 32)
+    torch.testing.assert_close(out, whole)
 
 
 def test_batch_of_different_lengths_equals_one_by_one(encoder):
@@ -104,7 +114,7 @@ def test_odd_mel_length_and_bad_input(encoder):
     mel = encoder.preprocess(noise(1.0))[:, :99]  # odd length from an outside source
     with torch.no_grad():
         (out,) = encoder([mel])
-    assert out.shape[0] == encoder.num_tokens(mel) == math.ceil(50 / 8)
+    assert out.shape[0] == encoder.num_tokens(mel) == 50
     with pytest.raises(MediaError, match="empty"):
         encoder.preprocess(np.zeros(0, dtype=np.float32))
     with pytest.raises(MediaError, match=r"audio 1: expected log-mel \[80, F\]"):
@@ -118,8 +128,8 @@ def test_from_pretrained_reads_encoder_weights(tmp_path, kind):
     full = WhisperForConditionalGeneration(config)
     source = {"generation": full, "model": full.model, "encoder": full.model.encoder}[kind]
     source.save_pretrained(tmp_path)
-    loaded = WhisperAudioEncoder.from_pretrained(str(tmp_path), stack_frames=4)
-    assert loaded.hidden_size == 32 * 4
+    loaded = WhisperAudioEncoder.from_pretrained(str(tmp_path))
+    assert loaded.hidden_size == 32
     for name, tensor in full.model.encoder.state_dict().items():
         assert torch.equal(loaded.encoder.state_dict()[name], tensor), name
     # no preprocessor_config.json in these folders: the extractor follows num_mel_bins
@@ -137,11 +147,11 @@ def test_from_pretrained_errors_name_the_folder(tmp_path):
 
 def test_128_mel_config():
     torch.manual_seed(0)
-    enc = WhisperAudioEncoder.from_config(tiny_config(num_mel_bins=128), stack_frames=2)
+    enc = WhisperAudioEncoder.from_config(tiny_config(num_mel_bins=128))
     mel = enc.preprocess(noise(0.5))
     assert mel.shape == (128, 50)
     with torch.no_grad():
-        assert enc([mel])[0].shape == (13, 64)
+        assert enc([mel])[0].shape == (25, 32)
 
 
 def test_real_tiny_en_weights_match_ctranslate2(tmp_path, monkeypatch):
@@ -156,7 +166,7 @@ def test_real_tiny_en_weights_match_ctranslate2(tmp_path, monkeypatch):
     except MissingDependency as err:
         pytest.skip(str(err))
     enc = WhisperAudioEncoder.from_pretrained(str(folder))
-    assert enc.hidden_size == 384 * 8
+    assert enc.hidden_size == 384
     mel = enc.preprocess(noise(30.0, seed=3))
     engine = ctranslate2.models.Whisper(str(ct2_dir), compute_type="float32")
     reference = np.array(engine.encode(ctranslate2.StorageView.from_array(mel[None].numpy())))

@@ -7,7 +7,6 @@ skips its tests with the install command in the reason; scripts/setup.sh install
 from __future__ import annotations
 
 import importlib.util
-import time
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +79,21 @@ def smollm2_path():
     return smollm2_folder()
 
 
-def test_smollm2_folder_is_cached(smollm2_path):
-    from omnilm.zoo.smollm2 import smollm2_folder
+@pytest.mark.slow  # converts the GGUF model first (~25 s)
+def test_smollm2_folder_is_cached(smollm2_path, monkeypatch):
+    from omnilm.zoo import smollm2
 
-    start = time.perf_counter()
-    assert smollm2_folder() == smollm2_path
-    assert time.perf_counter() - start < 0.5
+    def convert_again(*_):
+        raise AssertionError("the cached folder was converted again")
+
+    monkeypatch.setattr(smollm2, "_convert", convert_again)
+    weights = next(smollm2_path.glob("*.safetensors"))
+    written = weights.stat().st_mtime_ns
+    assert smollm2.smollm2_folder() == smollm2_path
+    assert weights.stat().st_mtime_ns == written
 
 
+@pytest.mark.slow  # converts the GGUF model first (~25 s)
 def test_smollm2_answers_a_chat_question(smollm2_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -106,6 +112,7 @@ def test_smollm2_answers_a_chat_question(smollm2_path):
     assert "Paris" in answer, answer
 
 
+@pytest.mark.slow  # converts the GGUF model first (~25 s)
 def test_smollm2_chat_markers_typed_by_a_user_stay_text(smollm2_path):
     """A user cannot close their turn and open a fake system turn: only the template's markers are tokens."""
     from transformers import AutoTokenizer

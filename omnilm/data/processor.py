@@ -17,6 +17,8 @@ from omnilm.data.chat import IGNORE, get_template, media_first, render
 from omnilm.data.images import load_image
 from omnilm.data.sample import Message, Sample, check_messages
 from omnilm.errors import DataError
+from omnilm.model.components import ENCODERS
+from omnilm.model.projector import llm_tokens
 
 
 @dataclass
@@ -32,7 +34,7 @@ class OmniProcessor:
     def __init__(self, tokenizer, template: str, encoders: dict, end_token_ids: dict, max_length: int,
                  system: str | None = None, audio_max_seconds: float = 120.0, audio_route: str = "auto",
                  speech_to_text: SpeechToText | None = None, tokens_per_feature: dict | None = None,
-                 allow_special_tokens: bool = False, media_first: bool = False):
+                 allow_special_tokens: bool = False, media_first: bool = False, stack_frames: dict | None = None):
         self.tokenizer = tokenizer
         self.template_name = template
         self.template = get_template(template)
@@ -44,6 +46,7 @@ class OmniProcessor:
         self.audio_max_seconds = audio_max_seconds
         self.speech_to_text = speech_to_text
         self.tokens_per_feature = tokens_per_feature or {}  # projectors that expand each feature
+        self.stack_frames = stack_frames or {}  # projectors that stack k encoder frames into one token
         # Off: special tokens typed in message text stay text; only the template writes control tokens.
         self.allow_special_tokens = allow_special_tokens
         if audio_route == "auto":
@@ -59,9 +62,10 @@ class OmniProcessor:
         audio_max = model.audio.max_seconds if model.audio is not None else 120.0
         expand = {m: getattr(model, m).projector.tokens_per_feature for m in ends}
         speech = SpeechToText(model.transcriber, audio_max) if model.transcriber is not None else None
+        stack = {m: ENCODERS[getattr(model, m).type].stack(getattr(model, m)) for m in ends}
         return cls(tokenizer, recipe.data.template, encoders, ends, recipe.data.max_length,
                    recipe.data.system, audio_max, model.audio_route, speech, expand,
-                   media_first=recipe.data.media_first)
+                   media_first=recipe.data.media_first, stack_frames=stack)
 
     def load_media(self, sample: Sample, features: dict | None = None) -> tuple[dict, dict]:
         """Read and preprocess each media item unless its encoder features are given."""
@@ -82,7 +86,8 @@ class OmniProcessor:
     def token_counts(self, media: dict, features: dict) -> dict[str, list[int]]:
         counts = {m: [self.encoders[m].num_tokens(x) for x in xs] for m, xs in media.items()}
         counts.update({m: [int(f.shape[0]) for f in fs] for m, fs in features.items()})
-        return {m: [n * self.tokens_per_feature.get(m, 1) for n in ns] for m, ns in counts.items()}
+        return {m: [llm_tokens(n, self.stack_frames.get(m, 1), self.tokens_per_feature.get(m, 1)) for n in ns]
+                for m, ns in counts.items()}
 
     def transcribe(self, sample: Sample) -> tuple[Sample, list[str]]:
         """The transcription route, before any processing: (the sample with text where its audio

@@ -24,7 +24,8 @@ from omnilm.data.processor import OmniProcessor
 from omnilm.errors import ConfigError, OmniError
 from omnilm.model.checkpoint import atomic_folder, load_trained_weights, nbytes, weights_file
 from omnilm.model.checks import check_against_model
-from omnilm.model.encoders import ENCODER_MODALITY, build_encoder
+from omnilm.model.components import ENCODERS
+from omnilm.model.encoders import build_encoder
 from omnilm.model.omni import OmniLM
 from omnilm.model.paths import LOCAL, resolve_path
 from omnilm.model.projector import build_projector
@@ -142,8 +143,6 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
         enc_cfg = getattr(recipe.model, modality)
         if enc_cfg is None:
             continue
-        if ENCODER_MODALITY.get(enc_cfg.type, modality) != modality:
-            raise ConfigError(f"model.{modality}.type {enc_cfg.type!r} is not a {modality} encoder")
         enc_cfg = copy.deepcopy(enc_cfg)
         enc_cfg.name_or_path = resolve_path(enc_cfg.name_or_path, root)
         encoder = build_encoder(enc_cfg, recipe.model.seed)
@@ -152,7 +151,7 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
         torch.manual_seed(recipe.model.seed)
         projectors[modality] = build_projector(
             enc_cfg.projector.type, encoder.hidden_size, d_llm, enc_cfg.projector.hidden_size,
-            enc_cfg.projector.tokens_per_feature,
+            enc_cfg.projector.tokens_per_feature, ENCODERS[enc_cfg.type].stack(enc_cfg),
         )
     model = OmniLM(llm, encoders, projectors)
     if device is not None:

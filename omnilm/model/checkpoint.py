@@ -137,14 +137,28 @@ def weights_file(folder) -> Path | None:
     return ckpts[-1] / WEIGHTS if ckpts else None
 
 
+def _renamed(saved: dict, own: dict) -> dict:
+    """Runs saved before frame stacking moved from the Whisper encoder into the audio projector
+    name its layers without FrameStack's "inner." (projectors.audio.0.weight, now
+    projectors.audio.inner.0.weight)."""
+    def current(name: str) -> str:
+        if name in own or not name.startswith("projectors."):
+            return name
+        head, modality, rest = name.split(".", 2)
+        stacked = f"{head}.{modality}.inner.{rest}"
+        return stacked if stacked in own else name
+
+    return {current(name): tensor for name, tensor in saved.items()}
+
+
 def load_trained_weights(model, folder, partial: bool = False) -> list[str]:
     """Load saved trained weights into `model`. `partial` (init_from) loads the keys both share,
     e.g. a stage-1 projector into a stage-2 model with LoRA; otherwise every key must fit."""
     file = weights_file(folder)
     if file is None:
         raise OmniError(f"no trained weights in {folder} (expected {WEIGHTS} or {CHECKPOINTS}/step-*)")
-    saved = load_file(str(file))
     own = dict(model.named_parameters())
+    saved = _renamed(load_file(str(file)), own)
     unknown = [k for k in saved if k not in own]
     if unknown and not partial:
         raise OmniError(f"{file} does not fit this model: unknown keys such as {unknown[0]!r}")

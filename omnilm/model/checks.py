@@ -21,6 +21,7 @@ from transformers.pytorch_utils import Conv1D
 
 from omnilm.config import EncoderConfig, LLMConfig, LoraConfig, Recipe, validate
 from omnilm.errors import ConfigError, OmniError
+from omnilm.model.components import ENCODERS
 from omnilm.model.tokenizer import BYTES, load_tokenizer
 
 LORA_LAYERS = (nn.Linear, Conv1D, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # what peft's LoRA adapts
@@ -137,6 +138,9 @@ def check_random_encoder(enc: EncoderConfig, where: str, seed: int) -> None:
     """Build the encoder's skeleton from its random_config; unknown keys and bad sizes fail here."""
     from omnilm.model.encoders import build_encoder
 
+    fixed = ENCODERS[enc.type].fixed_architecture
+    if fixed and enc.random_config:
+        raise ConfigError(f"{where}.random_config: {enc.type} has a fixed architecture; use random_config: {{}}")
     try:
         with init_empty_weights():
             encoder = build_encoder(enc, seed)
@@ -145,12 +149,9 @@ def check_random_encoder(enc: EncoderConfig, where: str, seed: int) -> None:
     except Exception as err:  # the numbers came from the user: report them, not a traceback
         raise ConfigError(f"{where}.random_config: cannot build a {enc.type} encoder from it: "
                           f"{_one_line(err)}") from None
-    config = next((m.config for m in encoder.modules() if isinstance(getattr(m, "config", None), PreTrainedConfig)),
-                  None)
-    if config is not None:
+    if not fixed:
+        config = next(m.config for m in encoder.modules() if isinstance(getattr(m, "config", None), PreTrainedConfig))
         check_config_keys(config, enc.random_config, f"{where}.random_config")
-    elif enc.random_config:
-        raise ConfigError(f"{where}.random_config: {enc.type} has a fixed architecture; use random_config: {{}}")
 
 
 def check_lora(lora: LoraConfig, llm: nn.Module) -> None:

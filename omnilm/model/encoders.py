@@ -1,4 +1,4 @@
-"""Frozen media encoders behind one small contract, and the registry that builds them.
+"""Frozen media encoders behind one small contract; the CLIP/SigLIP vision towers.
 
 An encoder exposes:
   modality      "image" or "audio"
@@ -6,7 +6,8 @@ An encoder exposes:
   preprocess(item) -> Tensor      one raw item (PIL image / 16 kHz waveform) -> model input
   num_tokens(inputs) -> int       how many feature vectors that input becomes
   forward(list[Tensor]) -> list[Tensor [T_i, hidden_size]]
-Constructors take built modules and do no I/O; `build_encoder` does the loading.
+Constructors take built modules and do no I/O; `build_encoder` does the loading, through the
+type's entry in omnilm.model.components.ENCODERS.
 """
 from __future__ import annotations
 
@@ -15,12 +16,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
+from transformers import (AutoConfig, AutoImageProcessor, CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig,
+                          SiglipVisionModel)
+from transformers.utils import cached_file
 
 from omnilm.config import EncoderConfig
 from omnilm.data.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from omnilm.errors import ConfigError
+from omnilm.model.components import encoder_spec
 
+PREPROCESSOR_FILE = "preprocessor_config.json"
 VISION_TOWERS = {  # config model_type -> (config class, vision model class)
     "clip": (CLIPVisionConfig, CLIPVisionModel),
     "clip_vision_model": (CLIPVisionConfig, CLIPVisionModel),
@@ -34,7 +39,7 @@ class VisionTowerEncoder(nn.Module):
 
     modality = "image"
 
-    def __init__(self, tower: nn.Module, transform: ImageTransform, layer: int = -1, drop_cls: bool = True):
+    def __init__(self, tower: nn.Module, transform, layer: int = -1, drop_cls: bool = True):
         super().__init__()
         self.tower = tower
         self.transform = transform
@@ -50,10 +55,14 @@ class VisionTowerEncoder(nn.Module):
         return self.transform(image)  # [3, S, S]
 
     def save_pretrained(self, path) -> None:
-        """A folder `name_or_path` can load again: the tower plus its normalization."""
+        """A folder `name_or_path` can load again: the tower plus its preprocessing."""
         self.tower.save_pretrained(path)
-        stats = {"image_mean": self.transform.mean.flatten().tolist(), "image_std": self.transform.std.flatten().tolist()}
-        (Path(path) / "preprocessor_config.json").write_text(json.dumps(stats, indent=2))
+        if isinstance(self.transform, FolderImageProcessor):
+            self.transform.processor.save_pretrained(path)
+        else:
+            stats = {"image_mean": self.transform.mean.flatten().tolist(),
+                     "image_std": self.transform.std.flatten().tolist()}
+            (Path(path) / PREPROCESSOR_FILE).write_text(json.dumps(stats, indent=2))
 
     def num_tokens(self, inputs: torch.Tensor) -> int:
         return self.tokens
@@ -67,7 +76,18 @@ class VisionTowerEncoder(nn.Module):
         return list(hidden.unbind(0))
 
 
-def _vision_tower(cfg: EncoderConfig, seed: int) -> VisionTowerEncoder:
+class FolderImageProcessor:
+    """A pretrained folder's own image processor (transformers' AutoImageProcessor), so a tower sees
+    its images as it did in training: CLIP resizes and centre-crops, SigLIP resizes to a square."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.processor(image, return_tensors="pt")["pixel_values"][0]  # [3, H, W]
+
+
+def build_vision_tower(cfg: EncoderConfig, seed: int) -> VisionTowerEncoder:
     if cfg.random_config is not None:
         params = dict(cfg.random_config)
         model_type = params.pop("model_type", "clip_vision_model")
@@ -76,51 +96,37 @@ def _vision_tower(cfg: EncoderConfig, seed: int) -> VisionTowerEncoder:
         config_cls, model_cls = VISION_TOWERS[model_type]
         torch.manual_seed(seed)
         tower = model_cls(config_cls(**params))
-        mean, std = CLIP_MEAN, CLIP_STD
     else:
         model_type = AutoConfig.from_pretrained(cfg.name_or_path).model_type
         if model_type not in VISION_TOWERS:
             raise ConfigError(f"{cfg.name_or_path} is a {model_type!r} model, not a CLIP/SigLIP vision tower")
         tower = VISION_TOWERS[model_type][1].from_pretrained(cfg.name_or_path)
-        mean, std = _processor_stats(cfg.name_or_path)
     size = cfg.image_size or tower.config.image_size
     if size != tower.config.image_size:
         raise ConfigError(f"image_size {size} differs from the tower's {tower.config.image_size}")
-    return VisionTowerEncoder(tower, ImageTransform(size, mean, std), cfg.layer, cfg.drop_cls)
+    return VisionTowerEncoder(tower, _image_transform(cfg, size), cfg.layer, cfg.drop_cls)
 
 
-def _processor_stats(name_or_path: str):
-    """Normalization from preprocessor_config.json when the folder has one, else CLIP's."""
-    file = Path(name_or_path) / "preprocessor_config.json"
-    if file.is_file():
-        data = json.loads(file.read_text())
-        return data.get("image_mean", CLIP_MEAN), data.get("image_std", CLIP_STD)
-    if not Path(name_or_path).exists():
-        from transformers.utils import cached_file
-
-        resolved = cached_file(name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
-        if resolved:
-            return _processor_stats(str(Path(resolved).parent))
-    return CLIP_MEAN, CLIP_STD
+def _image_transform(cfg: EncoderConfig, size: int):
+    """The folder's own image processor when it has one; else resize, centre-crop and normalize
+    with the folder's statistics (CLIP's for a random tower)."""
+    if cfg.random_config is not None:
+        return ImageTransform(size, CLIP_MEAN, CLIP_STD)
+    config = _preprocessor_config(cfg.name_or_path)
+    if "image_processor_type" in config:  # the PIL backend: no torchvision needed
+        return FolderImageProcessor(AutoImageProcessor.from_pretrained(cfg.name_or_path, backend="pil"))
+    # e.g. a tower omnilm saved from a random_config: normalization statistics only
+    return ImageTransform(size, config.get("image_mean", CLIP_MEAN), config.get("image_std", CLIP_STD))
 
 
-def _efficientnet(cfg: EncoderConfig, seed: int):
-    from omnilm.model.efficientnet_encoder import build_efficientnet_encoder
-
-    return build_efficientnet_encoder(cfg, seed)
-
-
-def _whisper(cfg: EncoderConfig, seed: int):
-    from omnilm.model.whisper_encoder import build_whisper_encoder
-
-    return build_whisper_encoder(cfg, seed)
-
-
-ENCODERS = {"clip": _vision_tower, "siglip": _vision_tower, "efficientnet_lite0": _efficientnet, "whisper": _whisper}
-ENCODER_MODALITY = {"clip": "image", "siglip": "image", "efficientnet_lite0": "image", "whisper": "audio"}
+def _preprocessor_config(name_or_path: str) -> dict:
+    """The folder's (or hub repo's) preprocessor_config.json, or {} when it has none."""
+    file = Path(name_or_path) / PREPROCESSOR_FILE
+    if not file.is_file() and not Path(name_or_path).exists():
+        resolved = cached_file(name_or_path, PREPROCESSOR_FILE, _raise_exceptions_for_missing_entries=False)
+        file = Path(resolved) if resolved else file
+    return json.loads(file.read_text()) if file.is_file() else {}
 
 
 def build_encoder(cfg: EncoderConfig, seed: int = 0) -> nn.Module:
-    if cfg.type not in ENCODERS:
-        raise ConfigError(f"unknown encoder type {cfg.type!r}; choose one of {', '.join(ENCODERS)}")
-    return ENCODERS[cfg.type](cfg, seed)
+    return encoder_spec(cfg.type, "encoder type").build(cfg, seed)

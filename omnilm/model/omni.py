@@ -10,6 +10,7 @@ from torch import nn
 from omnilm.data.chat import IGNORE
 from omnilm.data.sample import PLACEHOLDER_IDS
 from omnilm.errors import PlaceholderMismatch
+from omnilm.model.projector import project
 
 
 class OmniLM(nn.Module):
@@ -44,10 +45,9 @@ class OmniLM(nn.Module):
             frozen = not any(p.requires_grad for p in encoder.parameters())
             with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
                 features = encoder(media)  # list of [T_i, d_enc]
-        stacked = torch.cat(list(features), dim=0)  # [sum T_i, d_enc]
         projector = self.projectors[modality]
         weight = next(projector.parameters())
-        return projector(stacked.to(device=weight.device, dtype=weight.dtype))  # [sum T_i, d_llm]
+        return project(projector, [f.to(device=weight.device, dtype=weight.dtype) for f in features])  # [N, d_llm]
 
     def embed(self, input_ids: torch.Tensor, media: dict | None = None, features: dict | None = None) -> torch.Tensor:
         """Token embeddings with every placeholder position replaced by a projected media feature."""

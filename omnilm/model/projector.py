@@ -1,6 +1,10 @@
 """Projectors: map encoder features [N, d_enc] into the LLM's embedding space [N, d_llm]."""
 from __future__ import annotations
 
+import math
+
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from omnilm.errors import ConfigError
@@ -44,11 +48,48 @@ class Expand(nn.Module):
         return self.inner(x).reshape(-1, self.d_out)  # [N * k, d_out]
 
 
-def build_projector(kind: str, d_in: int, d_out: int, hidden: int | None = None, tokens: int = 1) -> nn.Module:
+def stack_frames(frames: torch.Tensor, k: int) -> torch.Tensor:
+    """[T, D] -> [ceil(T / k), D * k]: k consecutive frames side by side, the tail zero-padded."""
+    frames = F.pad(frames, (0, 0, 0, -frames.shape[0] % k))  # [T', D]
+    return frames.reshape(-1, frames.shape[1] * k)  # [T' / k, D * k]
+
+
+class FrameStack(nn.Module):
+    """Audio (Ultravox-style): k consecutive encoder frames become one LLM token, so a 10 s clip
+    (500 Whisper frames) costs ceil(500 / k) tokens. Takes each clip's frames apart, since each
+    clip's tail is padded on its own: list of [T_i, d_in] -> [sum ceil(T_i / k), d_out]."""
+
+    def __init__(self, inner: nn.Module, k: int):
+        super().__init__()
+        self.inner, self.k = inner, k
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.inner(torch.cat([stack_frames(f, self.k) for f in features]))
+
+
+def llm_tokens(features: int, stack: int = 1, tokens_per_feature: int = 1) -> int:
+    """How many LLM tokens `features` encoder feature vectors of one item become."""
+    return math.ceil(features / stack) * tokens_per_feature
+
+
+def project(projector: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
+    """Each item's encoder features [T_i, d_in] -> LLM embeddings of all items [sum tokens_i, d_llm]."""
+    if isinstance(projector, FrameStack):  # stacking pads each item's tail: it needs them apart
+        return projector(features)
+    return projector(torch.cat(features))  # [sum T_i, d_in] -> [sum T_i * tokens, d_llm]
+
+
+def build_projector(kind: str, d_in: int, d_out: int, hidden: int | None = None, tokens: int = 1,
+                    stack: int = 1) -> nn.Module:
+    """`stack` encoder frames side by side make one input vector (d_in * stack wide); each input
+    vector makes `tokens` LLM tokens."""
     if kind not in PROJECTORS:
         raise ConfigError(f"unknown projector type {kind!r}; choose one of {', '.join(PROJECTORS)}")
     if tokens < 1:
         raise ConfigError(f"projector tokens_per_feature must be at least 1, got {tokens}")
-    if tokens == 1:
-        return PROJECTORS[kind](d_in, d_out, hidden)
-    return Expand(PROJECTORS[kind](d_in, d_out * tokens, hidden), d_out)
+    if stack < 1:
+        raise ConfigError(f"stack_frames must be at least 1, got {stack}")
+    net = PROJECTORS[kind](d_in * stack, d_out * tokens, hidden)
+    if tokens > 1:
+        net = Expand(net, d_out)
+    return FrameStack(net, stack) if stack > 1 else net

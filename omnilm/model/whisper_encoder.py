@@ -1,8 +1,8 @@
 """Frozen Whisper encoder as an audio feature extractor for the native audio route.
 
-Audio -> log-mel at its real length -> Whisper encoder -> k consecutive encoder frames
-stacked into one vector per LLM token (Ultravox-style), so a 10 s clip costs
-ceil(500 / k) tokens instead of the 1,500 a padded 30 s window would.
+Audio -> log-mel at its real length -> Whisper encoder -> one feature vector per 20 ms, so a
+10 s clip makes 500 frames instead of the 1,500 a padded 30 s window would (the audio projector
+then stacks k of them into one LLM token: omnilm.model.projector.FrameStack).
 
 transformers' WhisperEncoder.forward refuses anything but exactly 3,000 mel frames, so the
 same submodules (conv1, conv2, embed_positions, layers, layer_norm) are applied here
@@ -28,7 +28,7 @@ CONV_STRIDE = 2
 
 
 class WhisperAudioEncoder(nn.Module):
-    """Whisper encoder + feature extractor producing stacked frame features.
+    """Whisper encoder + feature extractor producing one feature vector per encoder frame.
 
     Build with `from_pretrained` (weights from a folder or hub id) or `from_config` (tiny
     random encoders for tests); the constructor itself only wires already-built parts.
@@ -40,11 +40,8 @@ class WhisperAudioEncoder(nn.Module):
         self,
         encoder: WhisperEncoder,
         feature_extractor: WhisperFeatureExtractor,
-        stack_frames: int = 8,
     ):
         super().__init__()
-        if stack_frames < 1:
-            raise OmniError(f"stack_frames must be >= 1, got {stack_frames}")
         if feature_extractor.feature_size != encoder.config.num_mel_bins:
             raise OmniError(
                 f"feature extractor makes {feature_extractor.feature_size} mel bins but the "
@@ -52,9 +49,7 @@ class WhisperAudioEncoder(nn.Module):
             )
         self.encoder = encoder
         self.feature_extractor = feature_extractor
-        self.stack_frames = stack_frames
-        self.d_model = encoder.config.d_model
-        self.hidden_size = self.d_model * stack_frames
+        self.hidden_size = encoder.config.d_model
         # One encoder window covers max_source_positions encoder frames (30 s for Whisper).
         self.window_frames = encoder.config.max_source_positions * CONV_STRIDE  # mel frames
         self.sampling_rate = feature_extractor.sampling_rate
@@ -63,16 +58,14 @@ class WhisperAudioEncoder(nn.Module):
     # ---- building ------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, config: WhisperConfig, stack_frames: int = 8) -> "WhisperAudioEncoder":
+    def from_config(cls, config: WhisperConfig) -> "WhisperAudioEncoder":
         """A randomly initialised encoder (tests, shape checks)."""
         encoder = WhisperEncoder(config)
         extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
-        return cls(encoder.eval(), extractor, stack_frames)
+        return cls(encoder.eval(), extractor)
 
     @classmethod
-    def from_pretrained(
-        cls, name_or_path: str, stack_frames: int = 8, dtype: torch.dtype | None = None
-    ) -> "WhisperAudioEncoder":
+    def from_pretrained(cls, name_or_path: str, dtype: torch.dtype | None = None) -> "WhisperAudioEncoder":
         """Load the encoder half of a Whisper checkpoint (hub id such as
         "openai/whisper-small", or a local folder).
 
@@ -92,7 +85,7 @@ class WhisperAudioEncoder(nn.Module):
         if dtype is not None:
             encoder = encoder.to(dtype)
         extractor = _load_feature_extractor(name_or_path, config)
-        return cls(encoder.eval(), extractor, stack_frames)
+        return cls(encoder.eval(), extractor)
 
     def save_pretrained(self, path) -> None:
         """A folder `from_pretrained` reads back: encoder weights, config, feature extractor."""
@@ -128,8 +121,8 @@ class WhisperAudioEncoder(nn.Module):
         return torch.from_numpy(features[0])
 
     def num_tokens(self, mel: torch.Tensor) -> int:
-        """How many stacked tokens `forward` returns for this mel ([n_mels, F])."""
-        return math.ceil(self._num_frames(mel.shape[-1]) / self.stack_frames)
+        """How many feature vectors (encoder frames) `forward` returns for this mel ([n_mels, F])."""
+        return self._num_frames(mel.shape[-1])
 
     def _num_frames(self, mel_frames: int) -> int:
         # Each window's conv2 (kernel 3, stride 2, padding 1) yields ceil(F_w / 2) frames;
@@ -162,7 +155,7 @@ class WhisperAudioEncoder(nn.Module):
         per_clip: list[list[torch.Tensor]] = [[] for _ in mels]
         for owner, frames in zip(owners, encoded):
             per_clip[owner].append(frames)
-        return [self._stack(torch.cat(parts, dim=0)) for parts in per_clip]
+        return [torch.cat(parts, dim=0) for parts in per_clip]
 
     def _encode_windows(self, windows: list[torch.Tensor]) -> list[torch.Tensor]:
         enc = self.encoder
@@ -191,12 +184,6 @@ class WhisperAudioEncoder(nn.Module):
             x = layer(x, mask)  # [W, T, D]
         x = enc.layer_norm(x)  # [W, T, D]
         return [x[i, :n] for i, n in enumerate(frame_lengths)]
-
-    def _stack(self, frames: torch.Tensor) -> torch.Tensor:
-        """[T, D] -> [ceil(T / k), D * k]: k consecutive frames side by side, tail zero-padded."""
-        k = self.stack_frames
-        frames = F.pad(frames, (0, 0, 0, -frames.shape[0] % k))  # [T', D]
-        return frames.reshape(-1, self.hidden_size)  # [T' / k, D * k]
 
 
 def _length_mask(lengths: list[int], longest: int, device) -> torch.Tensor:
@@ -282,5 +269,5 @@ def build_whisper_encoder(cfg, seed: int) -> WhisperAudioEncoder:
     """Registry entry: a recipe's EncoderConfig -> encoder (random_config for tiny tests)."""
     if cfg.random_config is not None:
         torch.manual_seed(seed)
-        return WhisperAudioEncoder.from_config(WhisperConfig(**cfg.random_config), cfg.stack_frames)
-    return WhisperAudioEncoder.from_pretrained(cfg.name_or_path, stack_frames=cfg.stack_frames)
+        return WhisperAudioEncoder.from_config(WhisperConfig(**cfg.random_config))
+    return WhisperAudioEncoder.from_pretrained(cfg.name_or_path)

@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors.torch import save_file
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -64,12 +65,14 @@ def mixed_precision(name: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def lr_lambda(step: int, warmup: int, total: int) -> float:
-    """Linear warmup, then cosine decay to zero."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+def lr_schedule(optimizer, warmup: int, total: int):
+    """Linear warmup (lr / warmup at the first step, lr at step `warmup`), then cosine decay to zero
+    at step `total`: torch's own schedulers, chained."""
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    if warmup == 0:
+        return cosine
+    ramp = LinearLR(optimizer, start_factor=1 / warmup, end_factor=1.0, total_iters=warmup - 1)
+    return SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
 
 
 def param_groups(model, cfg) -> list[dict]:
@@ -129,8 +132,7 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
                  "".join(f"\n  skipped: {e}" for e in loaded.errors))
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_lambda, warmup=cfg.warmup_steps,
-                                                                     total=total_steps))
+    scheduler = lr_schedule(optimizer, cfg.warmup_steps, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     state, saved_rng = TrainState(), None
     if resume and existing:

@@ -1,0 +1,63 @@
+"""The encoder registry: one entry per encoder type, with every fact the rest of omnilm needs.
+
+Recipe validation (omnilm.config), the model checks (omnilm.model.checks) and the builder
+(omnilm.model.build) all read these entries, so a fact is written once. This module imports
+nothing heavy: an entry names its builder as "module:function", imported only to build.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from omnilm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    modality: str  # the recipe slot it fills: model.image or model.audio
+    preprocessing: str  # what the built encoder's `preprocess` does to one raw item
+    tokens: str  # how many LLM tokens one input becomes (the built encoder's `num_tokens`, then the projector)
+    needs_weights: bool  # without name_or_path or random_config there is nothing to load
+    builder: str  # "module:function" taking (EncoderConfig, seed) and returning the built encoder
+    options: tuple[str, ...] = ()  # EncoderConfig keys that only this type reads
+    fixed_architecture: bool = False  # random_config must be {}: there is no size to choose
+
+    def stack(self, cfg) -> int:
+        """Encoder frames the projector stacks into one input vector (1: none)."""
+        return cfg.stack_frames if "stack_frames" in self.options else 1
+
+    def build(self, cfg, seed: int = 0):
+        module, function = self.builder.split(":")
+        return getattr(importlib.import_module(module), function)(cfg, seed)
+
+
+_TOWER = "omnilm.model.encoders:build_vision_tower"
+
+ENCODERS = {
+    "clip": EncoderSpec(
+        "image", "the folder's AutoImageProcessor (CLIP: shortest edge to image_size, centre crop, normalize)",
+        "(image_size / patch_size)^2 patch tokens, +1 with drop_cls: false", True, _TOWER,
+        options=("layer", "drop_cls", "image_size")),
+    "siglip": EncoderSpec(
+        "image", "the folder's AutoImageProcessor (SigLIP: resize to image_size x image_size, no crop)",
+        "(image_size / patch_size)^2 patch tokens (SigLIP has no CLS token)", True, _TOWER,
+        options=("layer", "image_size")),
+    "efficientnet_lite0": EncoderSpec(
+        "image", "shortest edge to image_size, centre crop, (x - 127) / 128 per channel",
+        "ceil(image_size / 32)^2 grid cells, or pool_grid^2", False,
+        "omnilm.model.efficientnet_encoder:build_efficientnet_encoder",
+        options=("image_size", "pool_grid"), fixed_architecture=True),
+    "whisper": EncoderSpec(
+        "audio", "16 kHz mono -> log-mel at the real length, in 30-s windows",
+        "one encoder frame per 20 ms; the projector stacks stack_frames of them into one token", True,
+        "omnilm.model.whisper_encoder:build_whisper_encoder",
+        options=("stack_frames", "max_seconds")),
+}
+
+
+def encoder_spec(type_: str, where: str) -> EncoderSpec:
+    """The registry entry for `type_`; `where` (e.g. "model.image.type") names the key on error."""
+    if type_ not in ENCODERS:
+        choices = ", ".join(f"{name} ({spec.modality})" for name, spec in ENCODERS.items())
+        raise ConfigError(f"{where} {type_!r}: not an encoder type; choose one of {choices}")
+    return ENCODERS[type_]
