@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from omnilm.config import load_recipe  # noqa: E402
 from omnilm.data.fixtures import draw_shape  # noqa: E402
 from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample  # noqa: E402
-from omnilm.generate import GenerationConfig, generate, prepare  # noqa: E402
+from omnilm.generation import GenerationConfig, generate, prepare  # noqa: E402
 from omnilm.model.build import build_model  # noqa: E402
 
 LLAVA_IMAGE_TOKEN = 259  # one id past the byte tokenizer's 259: LLaVA needs an image token id in the vocabulary
@@ -48,7 +48,7 @@ SIZES = {
     },
 }
 # The last row shows where omnilm's margin over stock LLaVA comes from: the same LLaVA call
-# under torch.inference_mode, which omnilm.generate enters and transformers' generate does not.
+# under torch.inference_mode, which omnilm.generation enters and transformers' generate does not.
 METHODS = ("omnilm", "no-cache loop", "transformers LLaVA", "LLaVA + inference_mode")
 
 

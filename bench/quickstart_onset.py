@@ -25,7 +25,7 @@ from omnilm.eval.runner import evaluate  # noqa: E402
 from omnilm.model.build import build_processor  # noqa: E402
 from omnilm.quickstart import (LAYOUT_KEYS, QTYPES, baselines, cache_image_features, stage_recipe,  # noqa: E402
                                test_samples)
-from omnilm.train.loop import train  # noqa: E402
+from omnilm.training.loop import train  # noqa: E402
 
 
 def set_key(recipe, dotted: str, value) -> None:

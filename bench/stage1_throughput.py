@@ -21,9 +21,9 @@ from omnilm.data.fixtures import make_coco
 from omnilm.data.images import load_image
 from omnilm.data.sources import load_samples
 from omnilm.model.build import build_model
-from omnilm.train.cache import cache_features
-from omnilm.train.loop import train
-from omnilm.train.stages import apply_stage
+from omnilm.training.cache import cache_features
+from omnilm.training.loop import train
+from omnilm.training.stages import apply_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 

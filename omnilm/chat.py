@@ -11,7 +11,7 @@ from typing import Callable, Iterable, Iterator
 
 from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.errors import MediaError, OmniError
-from omnilm.generate import GenerationConfig, stream
+from omnilm.generation import GenerationConfig, stream
 
 HELP = """commands:
   /image PATH   attach an image to your next message

@@ -23,14 +23,14 @@ def _recipe(args):
 
 
 def cmd_train(args) -> None:
-    from omnilm.train.loop import train
+    from omnilm.training.loop import train
 
     result = train(_recipe(args), resume=args.resume, progress=not args.quiet)
     print(f"done: {result.state.step} steps, {result.state.samples} samples -> {result.run_dir}")
 
 
 def cmd_cache_features(args) -> None:
-    from omnilm.train.cache import cache_features
+    from omnilm.training.cache import cache_features
 
     recipe = _recipe(args)
     cache = cache_features(recipe, out=args.out, batch_size=args.batch_size)
@@ -164,7 +164,7 @@ def cmd_chat(args) -> None:
 
     from omnilm.chat import ChatSession, run_repl
     from omnilm.errors import MediaError
-    from omnilm.generate import GenerationConfig
+    from omnilm.generation import GenerationConfig
     from omnilm.model.build import load_pretrained
 
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

@@ -147,7 +147,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = "align"  # align | instruct | audio-align | joint | see omnilm.train.stages
+    stage: str = "align"  # align | instruct | audio-align | joint | see omnilm.training.stages
     output_dir: str = "runs/omnilm"
     batch_size: int = bounded(8, ge=1)
     grad_accum: int = bounded(1, ge=1)

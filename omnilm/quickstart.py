@@ -142,7 +142,7 @@ def cache_image_features(*recipes) -> None:
     the cache already covers them). The stages share one encoder and one cache folder."""
     from omnilm.data.feature_cache import FeatureCache, encoder_identity
     from omnilm.data.sources import load_samples
-    from omnilm.train.cache import cache_features
+    from omnilm.training.cache import cache_features
 
     recipe = recipes[0]
     try:
@@ -159,7 +159,7 @@ def cache_image_features(*recipes) -> None:
 def train_stage(recipe) -> Path:
     """One stage; a run folder that already finished is reused (rerunning continues, not repeats)."""
     from omnilm.model.checkpoint import WEIGHTS
-    from omnilm.train.loop import train
+    from omnilm.training.loop import train
 
     run_dir = Path(recipe.train.output_dir)
     if (run_dir / WEIGHTS).is_file():
@@ -174,7 +174,7 @@ def train_stage(recipe) -> Path:
 
 
 def _finished_steps(run_dir: Path) -> int | None:
-    from omnilm.train.plot import read_metrics
+    from omnilm.training.plot import read_metrics
 
     records = read_metrics(run_dir / "metrics.jsonl")
     return records[-1]["step"] if records else None
@@ -377,7 +377,7 @@ def plot_results(results: dict, out: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from omnilm.train.plot import read_metrics
+    from omnilm.training.plot import read_metrics
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.2))
     for stage, folder in results["stages"].items():

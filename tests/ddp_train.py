@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from omnilm.config import load_recipe
-from omnilm.train.loop import train
+from omnilm.training.loop import train
 
 recipe_file, data_json, image_dir, out_dir = sys.argv[1:5]
 recipe = load_recipe(recipe_file, {"data": {"path": data_json, "image_dir": image_dir},

@@ -12,8 +12,8 @@ from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample
 from omnilm.model.build import build_model
 from omnilm.model.checkpoint import load_trained_weights
 from omnilm.model.projector import FrameStack
-from omnilm.train.loop import train
-from omnilm.train.stages import apply_stage
+from omnilm.training.loop import train
+from omnilm.training.stages import apply_stage
 from tests.conftest import CONFIGS
 
 SR = 16000

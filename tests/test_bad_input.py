@@ -8,7 +8,7 @@ from omnilm.cli import main
 from omnilm.data.images import load_image
 from omnilm.data.sources import load_samples
 from omnilm.errors import DataError, MediaError
-from omnilm.train.loop import train
+from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 
 

@@ -7,9 +7,9 @@ import pytest
 from omnilm.chat import ChatSession, run_repl, with_markers
 from omnilm.cli import main
 from omnilm.data.sample import Message, Sample
-from omnilm.generate import GenerationConfig, generate
+from omnilm.generation import GenerationConfig, generate
 from omnilm.model.build import load_pretrained
-from omnilm.train.loop import train
+from omnilm.training.loop import train
 from tests.conftest import tiny_recipe
 
 

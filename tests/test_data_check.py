@@ -17,8 +17,8 @@ from omnilm.data.dataset import SampleDataset
 from omnilm.data.sample import Message, Sample
 from omnilm.data.sources import LOGGED_SKIPS, load_samples
 from omnilm.errors import DataError, MediaError
-from omnilm.train.cache import cache_features
-from omnilm.train.loop import train
+from omnilm.training.cache import cache_features
+from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 
 

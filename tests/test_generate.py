@@ -11,7 +11,7 @@ from omnilm.config import load_recipe
 from omnilm.data.fixtures import draw_shape
 from omnilm.data.sample import Message, Sample
 from omnilm.errors import ConfigError, DataError
-from omnilm.generate import Completion, GenerationConfig, generate, stream
+from omnilm.generation import Completion, GenerationConfig, generate, stream
 from omnilm.model.build import build_model
 
 RECIPE = "configs/tiny-stage1.yaml"

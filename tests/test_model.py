@@ -11,7 +11,7 @@ from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample
 from omnilm.errors import PlaceholderMismatch
 from omnilm.model.build import build_model
 from omnilm.model.encoders import build_encoder
-from omnilm.train.stages import apply_stage
+from omnilm.training.stages import apply_stage
 from tests.conftest import tiny_recipe
 
 

@@ -16,7 +16,7 @@ from omnilm.errors import OmniError
 from omnilm.model.build import materialize_random
 from omnilm.model.checks import check_against_model
 from omnilm.model.components import ENCODERS
-from omnilm.train.loop import train
+from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 
 STAGE1, STAGE2 = CONFIGS / "tiny-stage1.yaml", CONFIGS / "tiny-stage2.yaml"

@@ -12,7 +12,7 @@ from transformers import PreTrainedModel
 from omnilm.cli import main
 from omnilm.model.build import load_pretrained
 from omnilm.model.checkpoint import DiskFull, atomic_folder, checkpoint_dirs
-from omnilm.train.loop import train
+from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 
 FAST = {"max_steps": 6, "save_every": 3, "log_every": 1, "batch_size": 4}
@@ -119,6 +119,6 @@ def test_disk_full_on_any_other_write_of_a_run_is_the_same_clear_error(tiny_data
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("omnilm.train.loop.plot_metrics", no_space)
+    monkeypatch.setattr("omnilm.training.loop.plot_metrics", no_space)
     with pytest.raises(DiskFull, match=r"disk full while writing \S+run: [\d.]+[kMGT]?B free .* with --resume"):
         train(tiny_recipe(tiny_data, tmp_path, train={**FAST, "max_steps": 2}), progress=False)

@@ -257,7 +257,7 @@ def test_transcription_route_puts_what_was_said_in_the_prompt(tmp_path):
     from omnilm.config import TranscriberConfig
     from omnilm.data.sample import Message, Sample
     from omnilm.data.speech import TRAIN_VOICE, synthesize
-    from omnilm.generate import GenerationConfig
+    from omnilm.generation import GenerationConfig
 
     wav = synthesize(["What colour is the shape?"], TRAIN_VOICE, tmp_path / "speech", progress=False)[0]
     whisper = TranscriberConfig(backend="ctranslate2", name_or_path="zoo:whisper-tiny.en")

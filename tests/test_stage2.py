@@ -10,7 +10,7 @@ from omnilm.config import load_recipe
 from omnilm.data.collate import collate
 from omnilm.data.sources import load_samples
 from omnilm.model.build import load_pretrained
-from omnilm.train.loop import train
+from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 
 SEED_LORA = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
@@ -62,7 +62,7 @@ def test_qlora_stage2_starts_from_stage1_and_trains_adapters_and_projector(tiny_
 def test_train_after_eval_works_with_4bit_on_cpu(tiny_data, stage1_run, tmp_path):
     """bitsandbytes repacks 4-bit weights after an eval pass on some CPUs; training must go on."""
     from omnilm.model.build import build_model
-    from omnilm.train.stages import apply_stage
+    from omnilm.training.stages import apply_stage
 
     recipe = stage2_recipe(tiny_data, stage1_run, tmp_path)
     model, processor = build_model(recipe)

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 from omnilm.data.collate import collate
 from omnilm.errors import ConfigError, OmniError
 from omnilm.model.build import load_pretrained
-from omnilm.train.cache import cache_features
-from omnilm.train.loop import lr_schedule, train
+from omnilm.training.cache import cache_features
+from omnilm.training.loop import lr_schedule, train
 from tests.conftest import tiny_recipe
 
 FAST = {"max_steps": 6, "save_every": 3, "log_every": 1, "batch_size": 4}

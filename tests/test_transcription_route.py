@@ -5,7 +5,7 @@ from omnilm.config import TranscriberConfig, load_recipe
 from omnilm.data.sample import Message, Sample
 from omnilm.errors import ConfigError, DataError
 from omnilm.model.build import build_model, load_pretrained
-from omnilm.train.loop import train
+from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 
 OFFLINE_WHISPER = {"backend": "ctranslate2", "name_or_path": "zoo:whisper-tiny.en"}

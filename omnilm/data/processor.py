@@ -31,6 +31,11 @@ class Encoded:
 
 
 class OmniProcessor:
+    """A Sample -> model inputs: tokenizer, prompt template, media reading and preprocessing, and
+    how many placeholder tokens each item becomes. `processor(sample)` encodes a training sample
+    (ids, labels on what the assistant says); `processor.encode_prompt(sample)` a prompt to
+    generate from. Built with its OmniLM; neither holds the other."""
+
     def __init__(self, tokenizer, template: str, encoders: dict, end_token_ids: dict, max_length: int,
                  system: str | None = None, audio_max_seconds: float = 120.0, audio_route: str = "auto",
                  speech_to_text: SpeechToText | None = None, tokens_per_feature: dict | None = None,

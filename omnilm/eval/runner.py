@@ -58,7 +58,7 @@ def split_prompt(sample: Sample) -> tuple[Sample, str]:
 def generate_texts(model, processor, prompts: list[Sample], max_new_tokens: int, batch_size: int = 32,
                    progress: bool = True, desc: str = "evaluating") -> list[str]:
     """Greedy answers for each prompt, in order, in batches (with a progress bar)."""
-    from omnilm.generate import GenerationConfig, generate
+    from omnilm.generation import GenerationConfig, generate
 
     config = GenerationConfig(max_new_tokens=max_new_tokens)
     texts: list[str] = []

@@ -14,6 +14,12 @@ from omnilm.model.projector import project
 
 
 class OmniLM(nn.Module):
+    """Any Hugging Face causal LM with frozen media encoders and trainable projectors beside it.
+
+    `embed` writes each encoder's projected features into the placeholder positions of the
+    token embeddings (the counts must match); `forward` runs the LLM on them (loss with labels).
+    Built with its OmniProcessor by `omnilm.build_model` / `omnilm.load_pretrained`."""
+
     def __init__(self, llm: nn.Module, encoders: dict[str, nn.Module], projectors: dict[str, nn.Module]):
         super().__init__()
         self.llm = llm

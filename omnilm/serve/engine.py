@@ -26,7 +26,7 @@ import torch
 from omnilm.data.processor import Encoded
 from omnilm.data.sample import Sample
 from omnilm.errors import OmniError
-from omnilm.generate import GenerationCancelled, GenerationConfig, generate
+from omnilm.generation import GenerationCancelled, GenerationConfig, generate
 from omnilm.serve.limits import Limits
 
 log = logging.getLogger(__name__)

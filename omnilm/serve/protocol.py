@@ -20,7 +20,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
 from pydantic_core import PydanticCustomError
 
 from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, MEDIA_TOKENS, Message, Sample
-from omnilm.generate import GenerationConfig
+from omnilm.generation import GenerationConfig
 from omnilm.serve.errors import APIError, bad_request
 from omnilm.serve.limits import Limits
 from omnilm.serve.media import SAMPLING_RATE, read_image_url, read_input_audio

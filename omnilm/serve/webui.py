@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from omnilm.data.audio import SAMPLING_RATE, load_audio
 from omnilm.data.images import load_image
 from omnilm.errors import OmniError
-from omnilm.generate import GenerationConfig
+from omnilm.generation import GenerationConfig
 from omnilm.serve.engine import Busy
 from omnilm.serve.errors import APIError
 from omnilm.serve.protocol import AudioClip, Turn, to_sample

@@ -38,10 +38,10 @@ from omnilm.model.checks import check_against_model
 from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_folder, checkpoint_dirs, disk_full, is_disk_full,
                                      load_trained_weights, nbytes, remove_stale_temps, save_trained_weights,
                                      trained_state_dict)
-from omnilm.train.plot import plot_metrics
-from omnilm.train.stages import apply_stage, component_of
+from omnilm.training.plot import plot_metrics
+from omnilm.training.stages import apply_stage, component_of
 
-log = logging.getLogger("omnilm.train")
+log = logging.getLogger("omnilm.training")
 
 
 @dataclass
@@ -88,6 +88,9 @@ def param_groups(model, cfg) -> list[dict]:
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks=()) -> RunResult:
+    """Train one stage of `recipe` into `recipe.train.output_dir` (weights, checkpoints, metrics,
+    loss plot). `resume` continues from the latest checkpoint, bit-exactly on a CPU; each
+    callback gets (state, model) after every batch."""
     check_against_model(recipe)  # before any folder is made or weight is read
     try:
         return _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
