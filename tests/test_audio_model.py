@@ -70,11 +70,11 @@ def test_stacking_moved_into_the_projector_keeps_the_numbers():
     """Frame stacking used to happen in the Whisper encoder; the tiny audio model's projected audio
     embeddings and logits were recorded on that code (tests/data) and must not change."""
     reference = load_file(str(Path(__file__).parent / "data" / "tiny_audio_before_stacking_moved.safetensors"))
-    model = build_model(load_recipe(CONFIGS / "tiny-audio.yaml")).eval()
+    model, processor = build_model(load_recipe(CONFIGS / "tiny-audio.yaml"))
+    model.eval()
     rng = np.random.default_rng(0)
     waves = [(0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in (0.5, 2.345)]
-    encoded = model.processor(Sample([Message("user", "<audio> and <audio>\nTranscribe:")], audios=waves),
-                              generation_prompt=True)
+    encoded = processor.encode_prompt(Sample([Message("user", "<audio> and <audio>\nTranscribe:")], audios=waves))
     assert isinstance(model.projectors["audio"], FrameStack) and model.encoders["audio"].hidden_size == 32
     assert torch.equal(encoded.input_ids, reference["input_ids"])  # 4 + 15 stacked tokens, not 25 + 118 frames
     with torch.no_grad():
@@ -85,7 +85,7 @@ def test_stacking_moved_into_the_projector_keeps_the_numbers():
 
 
 def test_audio_weights_saved_before_stacking_moved_still_load(tmp_path):
-    model = build_model(load_recipe(CONFIGS / "tiny-audio.yaml"))
+    model, _ = build_model(load_recipe(CONFIGS / "tiny-audio.yaml"))
     old_names = {n.replace("projectors.audio.inner.", "projectors.audio."): p.detach() + 1
                  for n, p in model.named_parameters() if n.startswith("projectors.audio.")}
     save_file(old_names, str(tmp_path / "weights.safetensors"))
