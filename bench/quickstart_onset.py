@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omnilm.eval.runner import evaluate  # noqa: E402
 from omnilm.model.build import build_processor  # noqa: E402
-from omnilm.quickstart import (LAYOUT_KEYS, QTYPES, baselines, cache_image_features, stage_recipe,  # noqa: E402
-                               test_samples)
+from omnilm.tasks.easyvqa.evaluation import LAYOUT_KEYS, eval_samples  # noqa: E402
+from omnilm.tasks.easyvqa.quickstart import cache_image_features, stage_recipe  # noqa: E402
+from omnilm.tasks.easyvqa.report import QTYPES, baselines  # noqa: E402
 from omnilm.training.loop import train  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def main() -> None:
         key, _, value = item.partition("=")
         set_key(recipe, key, yaml.safe_load(value))
     cache_image_features(recipe)  # a recipe that reads more images than stage 2's adds theirs
-    sets = {key: test_samples(args.questions, layout=layout) for layout, key in LAYOUT_KEYS.items()}
+    sets = {key: eval_samples(args.questions, layout=layout) for layout, key in LAYOUT_KEYS.items()}
     blind = baselines(sets["typed"])["blind"]
     print("blind:", {q: round(100 * blind["by_type"][q], 1) for q in QTYPES}, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -71,7 +72,7 @@ def main() -> None:
         row = {"step": state.step, "train_seconds": round(time.perf_counter() - started, 1)}
         for key, samples in sets.items():
             result = evaluate(model, processor, samples, "vqa", batch_size=64, max_new_tokens=6, progress=False,
-                              final_line=True)
+                              answer="last-line")
             row[key] = {"overall": round(100 * result.scores["accuracy"], 1)} | {
                 q: round(100 * result.by_group[q]["accuracy"], 1) for q in QTYPES if q in result.by_group}
         print(json.dumps(row), flush=True)

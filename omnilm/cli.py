@@ -72,14 +72,14 @@ def cmd_eval(args) -> None:
     result = evaluate_folder(args.model, args.source, args.data, metric=args.metric, image_dir=args.image_dir,
                              audio_dir=args.audio_dir, options=options, limit=args.limit,
                              batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                             final_line=args.final_line)
+                             answer=args.answer)
     print(result.summary())
     if args.out:
         print(f"predictions and scores -> {write_result(result, args.out)}")
 
 
 def cmd_quickstart(args) -> None:
-    from omnilm.quickstart import run_quickstart
+    from omnilm.tasks.easyvqa.quickstart import run_quickstart
 
     run_quickstart(out=args.out, fast=args.fast, skip_audio=args.skip_audio, eval_questions=args.questions,
                    seed=args.seed)
@@ -284,8 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="score only the first N samples")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, help="default: 8 (vqa), 48 (caption), 96 (wer)")
-    p.add_argument("--final-line", action="store_true",
-                   help="score each reply's last line (a model that describes the image, then answers)")
+    p.add_argument("--answer", choices=["reply", "last-line"], default="reply",
+                   help="the part of each reply scored: all of it, or its last line (a model that describes "
+                        "the image, then answers)")
+    p.add_argument("--final-line", dest="answer", action="store_const", const="last-line",
+                   help="same as --answer last-line")
     p.add_argument("--out", help="write scores and every prediction to this JSON file")
     p.set_defaults(func=cmd_eval)
 

@@ -1,13 +1,16 @@
 """easy-VQA loader: counts from the package, question types, Sample formatting."""
 import importlib.util
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from omnilm.data import easyvqa
 from omnilm.errors import DataError, MissingDependency
+from omnilm.tasks.easyvqa import data as easyvqa
+from omnilm.tasks.easyvqa.report import majority_answer_accuracy
 
 needs_easyvqa = pytest.mark.skipif(
     importlib.util.find_spec("easy_vqa") is None,
@@ -63,7 +66,7 @@ def test_question_type_rejects_unknown_answer():
 
 @needs_easyvqa
 def test_majority_baseline():
-    answer, acc = easyvqa.majority_answer_accuracy()
+    answer, acc = majority_answer_accuracy()
     assert answer == "yes"
     assert acc == pytest.approx(3_611 / 9_673)  # 37.3 %
 
@@ -152,3 +155,11 @@ def test_balance_yes_no_evens_each_question(train_rows):
     assert ids == [it.id for it in train_rows if it.id in kept]  # original order
     assert {it.id for it in train_rows if it.qtype != "yes/no"} <= kept  # colour and shape all kept
     assert ids != [it.id for it in easyvqa.balance_yes_no(train_rows, seed=1)]  # seeded choice
+
+
+def test_the_easyvqa_source_is_the_task_packages_registry_entry():
+    """Core data code only names the task's source; loading data pulls in no quickstart, no torch."""
+    code = ("import sys; from omnilm.data.sources import SOURCES; print(SOURCES['easyvqa'].__module__, "
+            "sorted(m for m in sys.modules if m.startswith(('torch', 'omnilm.tasks.easyvqa.'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out == ("omnilm.tasks.easyvqa.source ['omnilm.tasks.easyvqa.data', 'omnilm.tasks.easyvqa.source']\n")

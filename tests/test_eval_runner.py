@@ -5,7 +5,7 @@ import pytest
 
 from omnilm import cli
 from omnilm.data.sample import Message, Sample
-from omnilm.errors import DataError
+from omnilm.errors import ConfigError, DataError
 from omnilm.eval import runner
 from omnilm.model.build import build_model
 from omnilm.model.checkpoint import save_trained_weights
@@ -55,12 +55,13 @@ def test_vqa_accuracy_overall_and_per_group(fake_generation):
     assert "75.0 %" in result.summary()
 
 
-def test_final_line_scores_the_answer_after_a_description(fake_generation):
+def test_last_line_answer_scores_the_answer_after_a_description(fake_generation):
     samples = [qa("is it red?", "yes", "yes/no"), qa("what shape?", "circle", "shape"), qa("what colour?", "red")]
     replies = {"<image>\nis it red?": "red circle\nyes", "<image>\nwhat shape?": "blue circle\n\n circle \n",
                "<image>\nwhat colour?": "red circle"}
-    assert runner.evaluate(replies, None, samples, "vqa", progress=False).scores["accuracy"] == 0  # whole replies
-    result = runner.evaluate(replies, None, samples, "vqa", progress=False, final_line=True)
+    whole = runner.evaluate(replies, None, samples, "vqa", progress=False)
+    assert whole.scores["accuracy"] == 0 and "reply" not in whole.predictions[0]  # whole replies
+    result = runner.evaluate(replies, None, samples, "vqa", progress=False, answer="last-line")
     assert result.scores["accuracy"] == pytest.approx(2 / 3)  # "red circle" is its own last line: wrong
     assert [r["prediction"] for r in result.predictions] == ["yes", "circle", "red circle"]
     assert result.predictions[0]["reply"] == "red circle\nyes"
@@ -88,6 +89,19 @@ def test_word_error_rate(fake_generation):
 def test_unknown_metric_is_refused():
     with pytest.raises(Exception, match="bleu"):
         runner.evaluate(None, None, [qa("q", "a")], "bleu")
+
+
+def test_unknown_answer_part_is_refused_naming_the_choices():
+    with pytest.raises(ConfigError, match="'first-line'.*reply, last-line"):
+        runner.evaluate(None, None, [qa("q", "a")], "vqa", answer="first-line")
+
+
+def test_eval_command_chooses_the_answer_part():
+    parse = cli.build_parser().parse_args
+    base = ["eval", "--model", "run", "--source", "easyvqa"]
+    assert parse(base).answer == "reply"
+    assert parse([*base, "--answer", "last-line"]).answer == "last-line"
+    assert parse([*base, "--final-line"]).answer == "last-line"  # the older spelling
 
 
 def test_eval_command_scores_a_saved_model(tiny_data, tmp_path, capsys):

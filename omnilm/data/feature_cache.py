@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from omnilm.data.sources import LOGGED_SKIPS
+from omnilm.data.rows import LOGGED_SKIPS
 from omnilm.errors import ConfigError, DataError, OmniError
 
 log = logging.getLogger(__name__)

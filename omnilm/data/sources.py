@@ -1,58 +1,16 @@
 """Data sources: files in public formats -> Samples. Malformed rows raise DataError naming file
-and row, or are skipped and counted when `data.skip_bad` is set."""
+and row, or are skipped and counted when `data.skip_bad` is set (omnilm.data.rows). SOURCES maps
+each `data.source` name to its function; a task's own data set is one more entry there."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from omnilm.config import DataConfig
-from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample, check_messages
+from omnilm.data.rows import Loaded, RowCollector
+from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.errors import ConfigError, DataError
-
-
-LOGGED_SKIPS = 20  # skipped rows named one by one in the training log; the rest are counted
-
-
-@dataclass
-class Loaded:
-    samples: list[Sample] = field(default_factory=list)
-    bad: list[str] = field(default_factory=list)  # every skipped row: "file row: reason"
-
-    @property
-    def skipped(self) -> int:
-        return len(self.bad)
-
-    @property
-    def errors(self) -> list[str]:
-        """The first skipped rows, for the log (`omnilm data check` lists them all)."""
-        return self.bad[:LOGGED_SKIPS]
-
-
-class RowCollector:
-    """Turns each row into a Sample; a bad row stops the run or is skipped and counted."""
-
-    def __init__(self, cfg: DataConfig):
-        self.cfg, self.out = cfg, Loaded()
-
-    def add(self, where: str, make):
-        if self.cfg.limit is not None and len(self.out.samples) >= self.cfg.limit:
-            return
-        try:
-            sample = make()
-            check_messages(sample.messages)
-            self.out.samples.append(sample)
-        except (KeyError, TypeError, ValueError, AttributeError, DataError) as err:
-            message = f"{where}: {err if isinstance(err, DataError) else _describe(err)}"
-            if not self.cfg.skip_bad:
-                raise DataError(message + " (set data.skip_bad=true to skip such rows)") from None
-            self.out.bad.append(message)
-
-
-def _describe(err: Exception) -> str:
-    if isinstance(err, KeyError):
-        return f"missing field {err.args[0]!r}"
-    return f"malformed row ({type(err).__name__}: {err})"
+from omnilm.tasks.easyvqa.source import easyvqa
 
 
 def _require_file(cfg_value: str | None, key: str) -> Path:
@@ -241,120 +199,12 @@ def asr_manifest(cfg: DataConfig) -> Loaded:
     return rows.out
 
 
-EASYVQA_OPTIONS = {"split", "sample", "seed", "task", "spoken", "speech_dir", "image", "balance", "describe_first",
-                   "layout"}
-# The alignment task: the model writes out the spoken question (no image): "<audio>" -> " is
-# there a red shape?". Bare, since every prompt token costs training time and says nothing here.
-TRANSCRIBE_TEMPLATE = AUDIO_TOKEN
-# The describing task, a caption task: each image once, then its colour and shape
-# ("<image>" -> " blue rectangle"), with no words around it, as the seed's stage 1 had none.
-DESCRIBE_TEMPLATE = IMAGE_TOKEN
-EASYVQA_TASKS = ("vqa", "transcribe", "describe")
-
-
-def easyvqa(cfg: DataConfig) -> Loaded:
-    """The easy-VQA package's questions (no data.path needed). data.options:
-    split (train | test), sample (a fixed random subset of N questions, seeded by `seed`),
-    task (vqa | transcribe: write out the spoken question | describe: each image's colour and
-    shape, gathered from the answers to its questions), spoken (an espeak-ng voice, or a
-    list of voices used in turn, to ask the question aloud), speech_dir (where the spoken
-    clips are cached), image (false = the question alone, for a blind baseline), balance (true =
-    as many "yes" as "no" answers for each yes/no question, the surplus dropped at random: in
-    easy-VQA the answer skew alone lets a model that never looks score ~85 % on them),
-    describe_first (true = each reply first states the image's colour and shape, then answers on
-    the next line: "blue rectangle\nno"; images whose description is unknown are left out),
-    layout (image-first: "<image>\nquestion" | question-first: "question\n<image>" | mixed: each
-    question one of the two at random, seeded by `seed`)."""
-    from omnilm.data import easyvqa as ev
-
-    opts = dict(cfg.options)
-    unknown = sorted(set(opts) - EASYVQA_OPTIONS)
-    if unknown:
-        raise ConfigError(f"data.options.{unknown[0]}: unknown easy-VQA option; valid: {', '.join(sorted(EASYVQA_OPTIONS))}")
-    task, use_image = opts.get("task", "vqa"), opts.get("image", True)
-    if task not in EASYVQA_TASKS:
-        raise ConfigError(f"data.options.task: {task!r} is not one of {', '.join(EASYVQA_TASKS)}")
-    layout = opts.get("layout", "image-first")
-    if layout not in (*ev.LAYOUTS, "mixed"):
-        raise ConfigError(f"data.options.layout: {layout!r} is not one of {', '.join(ev.LAYOUTS)}, mixed")
-    items = ev.load_easyvqa(opts.get("split", "train"))
-    described = ev.image_descriptions(items) if opts.get("describe_first") else {}  # from the whole split
-    if described:
-        items = [it for it in items if it.image in described]
-    if opts.get("balance"):
-        items = ev.balance_yes_no(items, opts.get("seed", 0))
-    items = _easyvqa_subset(items, opts.get("sample"), opts.get("seed", 0))
-    if task == "describe":
-        rows = RowCollector(cfg)
-        for image, words in ev.image_descriptions(items).items():
-            rows.add(f"easy-VQA image {image.name}",
-                     lambda image=image, words=words: Sample([Message("user", DESCRIBE_TEMPLATE),
-                                                              Message("assistant", words)], images=[image]))
-        return rows.out
-    audios = _easyvqa_speech(items, opts) if opts.get("spoken") else [None] * len(items)
-    if task == "transcribe" and audios[0] is None:
-        raise ConfigError("data.options.task=transcribe needs data.options.spoken (a voice)")
-    layouts = _easyvqa_layouts(layout, len(items), opts.get("seed", 0))
-    rows = RowCollector(cfg)
-    for item, audio, item_layout in zip(items, audios, layouts):
-        def make(item=item, audio=audio, item_layout=item_layout):
-            if task == "transcribe":
-                return Sample([Message("user", TRANSCRIBE_TEMPLATE), Message("assistant", item.question)],
-                              audios=[audio], id=item.id, meta={"qtype": item.qtype, "question": item.question})
-            sample = ev.to_sample(item, spoken_audio=audio, description=described.get(item.image), layout=item_layout)
-            if not use_image:  # blind: same prompt without the image marker's line
-                lines = sample.messages[0].content.split("\n")
-                sample.messages[0].content = "\n".join(line for line in lines if line != IMAGE_TOKEN)
-                sample.images = []
-            return sample
-
-        rows.add(f"easy-VQA {item.id}", make)
-    return rows.out
-
-
-def _easyvqa_subset(items: list, sample: int | None, seed: int) -> list:
-    if sample is None or sample >= len(items):
-        return items
-    import random
-
-    chosen = sorted(random.Random(seed).sample(range(len(items)), sample))
-    return [items[i] for i in chosen]
-
-
-def _easyvqa_layouts(layout: str, n: int, seed: int) -> list[str]:
-    if layout != "mixed":
-        return [layout] * n
-    import random
-
-    from omnilm.data.easyvqa import LAYOUTS
-
-    rng = random.Random(seed)
-    return [rng.choice(list(LAYOUTS)) for _ in range(n)]
-
-
-def _easyvqa_speech(items: list, opts: dict) -> list:
-    """One cached espeak-ng clip per question; with several voices, question i uses voice i mod n."""
-    from omnilm.data.speech import synthesize
-    from omnilm.zoo.cache import cache_dir
-
-    voices = opts["spoken"] if isinstance(opts["spoken"], list) else [opts["spoken"]]
-    folder = Path(opts.get("speech_dir") or cache_dir() / "easyvqa-speech")
-    by_voice: dict[str, list[str]] = {}
-    for i, item in enumerate(items):
-        by_voice.setdefault(voices[i % len(voices)], []).append(item.question)
-    paths = {}
-    for voice, questions in by_voice.items():
-        unique = list(dict.fromkeys(questions))  # 107 distinct questions in all of easy-VQA
-        paths.update({(voice, q): p for q, p in zip(unique, synthesize(unique, voice, folder, progress=False))})
-    return [str(paths[(voices[i % len(voices)], item.question)]) for i, item in enumerate(items)]
-
-
 SOURCES = {
     "coco": coco_captions,
     "llava": llava_instruct,
     "jsonl": jsonl_messages,
     "asr": asr_manifest,
-    "easyvqa": easyvqa,
+    "easyvqa": easyvqa,  # the quickstart's data set (omnilm/tasks/easyvqa)
 }
 
 

@@ -76,13 +76,20 @@ def last_line(reply: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
+# Which part of a reply is scored as the answer: all of it, or its last line (a model trained to
+# say something first, e.g. what the image shows: "blue rectangle\nno").
+ANSWER_PARTS = {"reply": lambda reply: reply, "last-line": last_line}
+
+
 def evaluate(model, processor, samples: list[Sample], metric: str = "vqa", *, batch_size: int = 32,
              max_new_tokens: int | None = None, progress: bool = True, desc: str = "evaluating",
-             final_line: bool = False) -> EvalResult:
-    """`final_line`: score each reply's last line (models trained to describe, then answer);
-    the whole reply is kept in the predictions."""
+             answer: str = "reply") -> EvalResult:
+    """`answer`: which part of each reply is scored (see ANSWER_PARTS); unless it is the whole
+    reply, the predictions keep the whole reply beside the part scored."""
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if answer not in ANSWER_PARTS:
+        raise ConfigError(f"unknown answer part {answer!r}; choose one of {', '.join(ANSWER_PARTS)}")
     if not samples:
         raise DataError("nothing to evaluate: the data set has no samples")
     started = time.perf_counter()
@@ -93,15 +100,16 @@ def evaluate(model, processor, samples: list[Sample], metric: str = "vqa", *, ba
     prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
     replies = generate_texts(model, processor, prompts, max_new_tokens or MAX_NEW_TOKENS[metric], batch_size,
                              progress, desc)
-    preds = [last_line(r) for r in replies] if final_line else replies
+    preds = [ANSWER_PARTS[answer](r) for r in replies]
     groups = [str(p.meta.get("qtype", "all")) for p in prompts]
     if metric == "vqa":
         scores = {"accuracy": vqa_accuracy(preds, refs)}
         by_group = {g: {"accuracy": acc, "count": n} for g, (acc, n) in accuracy_by_group(preds, refs, groups).items()}
     else:
         scores, by_group = {"wer": word_error_rate(preds, refs)}, {}
-    rows = [{"id": p.id, "prediction": pred, "reference": ref, "group": g} | ({"reply": reply} if final_line else {})
-            for p, pred, ref, g, reply in zip(prompts, preds, refs, groups, replies)]
+    whole = [{} if answer == "reply" else {"reply": reply} for reply in replies]  # beside the part scored
+    rows = [{"id": p.id, "prediction": pred, "reference": ref, "group": g} | extra
+            for p, pred, ref, g, extra in zip(prompts, preds, refs, groups, whole)]
     return EvalResult(metric, scores, len(samples), time.perf_counter() - started, by_group, rows)
 
 
@@ -126,7 +134,7 @@ def default_metric(source: str) -> str:
 def evaluate_folder(model_dir, source: str, path: str | None = None, *, metric: str | None = None,
                     image_dir: str | None = None, audio_dir: str | None = None, options: dict | None = None,
                     limit: int | None = None, batch_size: int = 32, max_new_tokens: int | None = None,
-                    progress: bool = True, final_line: bool = False) -> EvalResult:
+                    progress: bool = True, answer: str = "reply") -> EvalResult:
     """`omnilm eval`: a saved run or export folder scored on a data set in a public format."""
     from omnilm.config import DataConfig
     from omnilm.data.sources import load_samples
@@ -137,7 +145,7 @@ def evaluate_folder(model_dir, source: str, path: str | None = None, *, metric: 
     samples = load_samples(cfg).samples
     model, processor = load_pretrained(model_dir)
     return evaluate(model, processor, samples, metric or default_metric(source), batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, progress=progress, final_line=final_line)
+                    max_new_tokens=max_new_tokens, progress=progress, answer=answer)
 
 
 def write_result(result: EvalResult, out: str | Path) -> Path:

@@ -3,14 +3,14 @@
 The `easy-vqa==1.0` wheel (MIT, Victor Zhou) holds 4,000 train / 1,000 test PNGs, 38,575 /
 9,673 questions and 13 answers, so it is a real VQA task that needs no network. We read its
 files directly rather than through its helper functions so that a bad row can be reported by
-file and index.
+file and index. Here: the items, what each image shows, the prompt layouts, one item as a Sample.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,7 @@ SPOKEN_TEMPLATE = IMAGE_TOKEN + "\n" + AUDIO_TOKEN
 # layout name -> (typed template, spoken template)
 LAYOUTS = {"image-first": (TEXT_TEMPLATE, SPOKEN_TEMPLATE),
            "question-first": ("{question}\n" + IMAGE_TOKEN, AUDIO_TOKEN + "\n" + IMAGE_TOKEN)}
+MIXED = "mixed"  # each question one of LAYOUTS at random
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,6 @@ def image_descriptions(items: list[EasyVQAItem]) -> dict[Path, str]:
 def balance_yes_no(items: list[EasyVQAItem], seed: int = 0) -> list[EasyVQAItem]:
     """Each yes/no question string keeps as many "yes" as "no" answers (the surplus of the more
     common one dropped at random); other questions are kept. Original order."""
-    import random
-
     by_answer: dict[tuple[str, str], list[int]] = {}
     for i, it in enumerate(items):
         if it.qtype == "yes/no":
@@ -147,6 +146,22 @@ def balance_yes_no(items: list[EasyVQAItem], seed: int = 0) -> list[EasyVQAItem]
         keep = min(len(indices), len(by_answer.get((question, "no" if answer == "yes" else "yes"), [])))
         dropped.update(rng.sample(indices, len(indices) - keep))
     return [it for i, it in enumerate(items) if i not in dropped]
+
+
+def sample_items(items: list[EasyVQAItem], sample: int | None, seed: int) -> list[EasyVQAItem]:
+    """A fixed random subset of `sample` items (all of them if None or too many), original order."""
+    if sample is None or sample >= len(items):
+        return items
+    chosen = sorted(random.Random(seed).sample(range(len(items)), sample))
+    return [items[i] for i in chosen]
+
+
+def choose_layouts(layout: str, n: int, seed: int) -> list[str]:
+    """The layout of each of n questions: `layout` for all, or with MIXED one of LAYOUTS each at random."""
+    if layout != MIXED:
+        return [layout] * n
+    rng = random.Random(seed)
+    return [rng.choice(list(LAYOUTS)) for _ in range(n)]
 
 
 def to_sample(
@@ -188,14 +203,3 @@ def _check_template(template: str, spoken: bool) -> None:
     if not spoken and n_audio:
         raise ValueError(f"template has {AUDIO_TOKEN} but no spoken_audio was given: {template!r}")
 
-
-def majority_answer_accuracy(
-    fit_split: str = "train", eval_split: str = "test"
-) -> tuple[str, float]:
-    """The most common answer of fit_split and its accuracy on eval_split: the floor any model
-    must beat ("yes", 37.3 % on test)."""
-    from omnilm.eval.metrics import vqa_accuracy
-
-    majority, _ = Counter(it.answer for it in load_easyvqa(fit_split)).most_common(1)[0]
-    refs = [it.answer for it in load_easyvqa(eval_split)]
-    return majority, vqa_accuracy([majority] * len(refs), refs)
