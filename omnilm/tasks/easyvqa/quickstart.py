@@ -23,7 +23,8 @@ and step counts filled in, then evaluates on test questions never seen in traini
 
 `--seed N` changes every training seed (initialisation, data order, LoRA init, layouts); the
 test sample stays fixed. The command ends by judging each target (PASS or MISS; a miss is a
-warning, not an error). Results go to `<out>/results.json` and `<out>/results.png`.
+warning, not an error). Results go to `<out>/results.json` and `<out>/results.png`. The test
+sets and their scoring are in evaluation.py, baselines, table, targets and plot in report.py.
 """
 from __future__ import annotations
 
@@ -64,6 +65,7 @@ TRAIN_VOICES = ["en-us", "en-us+m3", "en-us+f2", "en-us-nyc", "en-029+m1"]  # se
 @dataclass(frozen=True)
 class Plan:
     """Optimizer steps per stage and how many test questions are scored."""
+
     stage1: int
     stage2: int
     audio_align: int
@@ -81,6 +83,7 @@ FAST = Plan(stage1=20, stage2=80, audio_align=30, spoken=30, questions=300, trai
 
 class Phases:
     """Wall time of each phase, printed as it ends."""
+
     def __init__(self):
         self.seconds: dict[str, float] = {}
 
