@@ -17,7 +17,6 @@ import collections
 import io
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,31 +27,11 @@ import httpx
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from test_serve_support import free_port, write_tiny_model  # noqa: E402  the serving tests' tiny model
 
 MODEL = "tiny"
-
-
-def write_tiny_model(folder: Path) -> Path:
-    """A loadable model folder (recipe + random weights), as tests/test_serve_support.py builds it."""
-    from transformers.utils import logging as hf_logging
-
-    from omnilm.config import load_recipe, save_recipe
-    from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
-    from omnilm.model.checkpoint import save_trained_weights
-
-    hf_logging.disable_progress_bar()
-    recipe = load_recipe(ROOT / "configs" / "tiny-stage1.yaml", {"data": {"max_length": 256}})
-    recipe = materialize_random(recipe, folder / "base")
-    save_trained_weights(build_model(recipe)[0], folder)
-    save_recipe(portable(recipe, folder), folder / RECIPE_FILE)
-    return folder
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def png_data_url(i: int) -> str:
@@ -129,6 +108,9 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         folder = write_tiny_model(Path(tmp) / "tiny-model")
         port = free_port()
         url = f"http://127.0.0.1:{port}"

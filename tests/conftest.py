@@ -46,3 +46,32 @@ def pytest_runtest_makereport(item, call):
     if os.environ.get("CI") and report.skipped and not any(a in str(report.longrepr) for a in ALLOWED_CI_SKIPS):
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, where setup installs everything: {report.longrepr}"
+
+
+# The serving tests' tiny server (tests/test_serve.py, tests/test_serve_requests.py): one per module.
+SERVED_NAME = "tiny"
+SERVE_BODY_LIMIT = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    from test_serve_support import write_tiny_model
+
+    from omnilm.model.build import load_pretrained
+    from omnilm.serve.engine import Engine
+    from omnilm.serve.limits import Limits
+
+    model, processor = load_pretrained(write_tiny_model(tmp_path_factory.mktemp("tiny-model")))
+    engine = Engine(model, processor, Limits(max_body_bytes=SERVE_BODY_LIMIT, max_new_tokens=200)).start()
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    from test_serve_support import free_port, running_server
+
+    from omnilm.serve.api import ServerState, create_app
+
+    with running_server(create_app(ServerState(engine, SERVED_NAME)), free_port()) as url:
+        yield url

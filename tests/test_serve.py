@@ -15,25 +15,11 @@ from omnilm.model.build import load_pretrained
 from omnilm.serve.api import ServerState, create_app
 from omnilm.serve.engine import Engine
 from omnilm.serve.limits import Limits
+from tests.conftest import SERVE_BODY_LIMIT as BODY_LIMIT, SERVED_NAME as MODEL
 
-MODEL = "tiny"
 KEY = "sk-test-key"
-BODY_LIMIT = 1024 * 1024
 GREEDY = {"temperature": 0, "max_tokens": 12}
 
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    model, processor = load_pretrained(write_tiny_model(tmp_path_factory.mktemp("tiny-model")))
-    engine = Engine(model, processor, Limits(max_body_bytes=BODY_LIMIT, max_new_tokens=200)).start()
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    with running_server(create_app(ServerState(engine, MODEL)), free_port()) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -13,28 +13,11 @@ import pytest
 from test_serve_support import free_port, running_server, write_tiny_model
 
 from omnilm.data.sample import Message, Sample
-from omnilm.model.build import load_pretrained
-from omnilm.serve.api import ServerState, create_app
-from omnilm.serve.engine import Engine
-from omnilm.serve.limits import Limits
+from omnilm.serve.api import create_app
+from tests.conftest import SERVED_NAME as MODEL
 
-MODEL = "tiny"
-BODY_LIMIT = 1024 * 1024
 EOS_TEXT = "<|endoftext|>"  # the tiny byte tokenizer's EOS, id 256
 
-
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    model, processor = load_pretrained(write_tiny_model(tmp_path_factory.mktemp("tiny-model")))
-    engine = Engine(model, processor, Limits(max_body_bytes=BODY_LIMIT, max_new_tokens=200)).start()
-    yield engine
-    engine.close()
-
-
-@pytest.fixture(scope="module")
-def server(engine):
-    with running_server(create_app(ServerState(engine, MODEL)), free_port()) as url:
-        yield url
 
 
 def body(**fields) -> dict:
