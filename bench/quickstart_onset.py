@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omnilm.eval.runner import evaluate  # noqa: E402
 from omnilm.model.build import build_processor  # noqa: E402
-from omnilm.tasks.easyvqa.evaluation import LAYOUT_KEYS, eval_samples  # noqa: E402
+from omnilm.tasks.easyvqa.evaluation import LAYOUT_KEYS, REPLY_TOKENS, eval_samples  # noqa: E402
 from omnilm.tasks.easyvqa.quickstart import cache_image_features, stage_recipe  # noqa: E402
 from omnilm.tasks.easyvqa.report import QTYPES, baselines  # noqa: E402
 from omnilm.training.loop import train  # noqa: E402
@@ -71,7 +71,7 @@ def main() -> None:
         processor = build_processor(recipe, model.encoders)  # training's own, from the same recipe
         row = {"step": state.step, "train_seconds": round(time.perf_counter() - started, 1)}
         for key, samples in sets.items():
-            result = evaluate(model, processor, samples, "vqa", batch_size=64, max_new_tokens=6, progress=False,
+            result = evaluate(model, processor, samples, "vqa", batch_size=64, max_new_tokens=REPLY_TOKENS, progress=False,
                               answer="last-line")
             row[key] = {"overall": round(100 * result.scores["accuracy"], 1)} | {
                 q: round(100 * result.by_group[q]["accuracy"], 1) for q in QTYPES if q in result.by_group}

@@ -164,15 +164,34 @@ def choose_layouts(layout: str, n: int, seed: int) -> list[str]:
     return [rng.choice(list(LAYOUTS)) for _ in range(n)]
 
 
+def asked_word(question: str) -> str | None:
+    """The colour or shape a yes/no question asks about: "is there not a red shape?" -> "red"."""
+    words = re.findall(r"\w+", question)
+    return next((w for w in words if w in COLOR_ANSWERS or w in SHAPE_ANSWERS), None)
+
+
+def checked_answer(item: EasyVQAItem, description: str) -> str:
+    """The reply's last two lines for a yes/no question: whether the image shows the asked word,
+    then the answer ("red: no\nyes" for "is there not a red shape?" about a blue rectangle).
+    Other questions keep the bare answer."""
+    word = asked_word(item.question)
+    if item.qtype != "yes/no" or word is None:
+        return item.answer
+    shown = "yes" if word in description.split() else "no"
+    return f"{word}: {shown}\n{item.answer}"
+
+
 def to_sample(
     item: EasyVQAItem, *, spoken_audio: str | Path | None = None, template: str | None = None,
-    description: str | None = None, layout: str = "image-first",
+    description: str | None = None, layout: str = "image-first", check: bool = False,
 ) -> Sample:
     """One user turn (image + typed or spoken question) and one assistant turn (the answer).
 
     The answer is the bare word; a tokenizer that needs a leading space (" yes") gets it from
     the chat renderer, not from the data. With a `description` the reply first states what the
-    image shows, then answers on the next line ("blue rectangle\nno"). `layout` (see LAYOUTS)
+    image shows, then answers on the next line ("blue rectangle\nno"); with `check` too, a
+    yes/no reply first says whether the image shows the asked word ("blue rectangle\nred:
+    no\nno"). `layout` (see LAYOUTS)
     puts the image before or after the question when no `template` is given.
     """
     spoken = spoken_audio is not None
@@ -182,12 +201,18 @@ def to_sample(
     user = template.replace("{question}", item.question)
     return Sample(
         messages=[Message("user", user),
-                  Message("assistant", item.answer if description is None else f"{description}\n{item.answer}")],
+                  Message("assistant", _reply(item, description, check))],
         images=[item.image],
         audios=[Path(spoken_audio)] if spoken else [],
         id=item.id,
         meta={"qtype": item.qtype, "question": item.question, "answer": item.answer},
     )
+
+
+def _reply(item: EasyVQAItem, description: str | None, check: bool) -> str:
+    if description is None:
+        return item.answer
+    return f"{description}\n{checked_answer(item, description) if check else item.answer}"
 
 
 def _check_template(template: str, spoken: bool) -> None:

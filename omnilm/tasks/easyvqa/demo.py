@@ -13,6 +13,7 @@ from omnilm.data.speech import TEST_VOICE, synthesize
 from omnilm.eval.runner import generate_texts, last_line, split_prompt
 from omnilm.model.build import load_pretrained
 from omnilm.tasks.easyvqa.data import load_easyvqa, to_sample
+from omnilm.tasks.easyvqa.evaluation import REPLY_TOKENS
 from omnilm.zoo.whisper_ct2 import whisper_ct2_dir
 
 DEMO_SEED = 1
@@ -33,7 +34,7 @@ def demo(run_dir: Path, eval_ids: set[str], out: Path, spoken: bool) -> dict:
         transcriber = make_transcriber("ctranslate2", whisper_ct2_dir())
         record |= {"audio": str(audio), "voice": TEST_VOICE, "transcript": transcriber.transcribe(load_audio(audio))}
     prompt, _ = split_prompt(to_sample(replace(item, image=image), spoken_audio=audio))
-    reply = generate_texts(*load_pretrained(run_dir), [prompt], max_new_tokens=6, progress=False)[0]
+    reply = generate_texts(*load_pretrained(run_dir), [prompt], max_new_tokens=REPLY_TOKENS, progress=False)[0]
     record |= {"reply": reply, "answer": last_line(reply)}
     _show(record, spoken)
     return record

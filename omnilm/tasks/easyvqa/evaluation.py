@@ -15,6 +15,8 @@ from omnilm.tasks.easyvqa.report import scores
 
 EVAL_SEED = 0  # the fixed test sample: the same whatever --seed trains with
 LAYOUT_KEYS = {"image-first": "typed", "question-first": "typed_question_first"}  # results.json keys
+# The longest reply, "blue rectangle\nred: no\nno" and its end token, is 9 tokens.
+REPLY_TOKENS = 10
 
 
 def eval_samples(questions: int, spoken_voice: str | None = None, layout: str = "image-first"):
@@ -31,7 +33,7 @@ def evaluate_run(run_dir: Path, sample_sets: dict, desc: str) -> dict:
     out = {}
     for name, samples in sample_sets.items():
         # Replies are "blue rectangle\nno" (stage 2 describes, then answers): the last line is scored.
-        result = evaluate(model, processor, samples, "vqa", batch_size=64, max_new_tokens=6, desc=f"{desc}: {name}",
+        result = evaluate(model, processor, samples, "vqa", batch_size=64, max_new_tokens=REPLY_TOKENS, desc=f"{desc}: {name}",
                           answer="last-line")
         out[name] = (scores(result.scores["accuracy"], result.by_group, result.count)
                      | {"predictions": result.predictions})

@@ -14,7 +14,7 @@ from omnilm.tasks.easyvqa.data import (LAYOUTS, MIXED, EasyVQAItem, balance_yes_
                                        image_descriptions, load_easyvqa, sample_items, to_sample)
 from omnilm.zoo.cache import cache_dir
 
-OPTIONS = {"split", "sample", "seed", "task", "spoken", "speech_dir", "image", "balance", "describe_first", "layout"}
+OPTIONS = {"split", "sample", "seed", "task", "spoken", "speech_dir", "image", "balance", "describe_first", "check", "layout"}
 # The alignment task: the model writes out the spoken question (no image): "<audio>" -> " is
 # there a red shape?". Bare, since every prompt token costs training time and says nothing here.
 TRANSCRIBE_TEMPLATE = AUDIO_TOKEN
@@ -40,6 +40,8 @@ def easyvqa(cfg: DataConfig) -> Loaded:
     easy-VQA the answer skew alone lets a model that never looks score ~85 % on them),
     describe_first (true = each reply first states the image's colour and shape, then answers on
     the next line: "blue rectangle\nno"; images whose description is unknown are left out),
+    check (with describe_first: a yes/no reply says whether the image shows the asked colour or
+    shape before it answers: "blue rectangle\nred: no\nno"),
     layout (image-first: "<image>\nquestion" | question-first: "question\n<image>" | mixed: each
     question one of the two at random, seeded by `seed`)."""
     opts = dict(cfg.options)
@@ -61,7 +63,8 @@ def easyvqa(cfg: DataConfig) -> Loaded:
     rows = RowCollector(cfg)
     for item, audio, item_layout in zip(items, audios, choose_layouts(layout, len(items), seed)):
         make = (partial(_transcription, item, audio) if task == "transcribe" else
-                partial(_question, item, audio, described.get(item.image), item_layout, use_image))
+                partial(_question, item, audio, described.get(item.image), item_layout, use_image,
+                        bool(opts.get("check"))))
         rows.add(f"easy-VQA {item.id}", make)
     return rows.out
 
@@ -97,8 +100,9 @@ def _transcription(item: EasyVQAItem, audio: str) -> Sample:
                   audios=[audio], id=item.id, meta={"qtype": item.qtype, "question": item.question})
 
 
-def _question(item: EasyVQAItem, audio: str | None, description: str | None, layout: str, image: bool) -> Sample:
-    sample = to_sample(item, spoken_audio=audio, description=description, layout=layout)
+def _question(item: EasyVQAItem, audio: str | None, description: str | None, layout: str, image: bool,
+              check: bool) -> Sample:
+    sample = to_sample(item, spoken_audio=audio, description=description, layout=layout, check=check)
     if not image:  # blind: same prompt without the image marker's line
         lines = sample.messages[0].content.split("\n")
         sample.messages[0].content = "\n".join(line for line in lines if line != IMAGE_TOKEN)
