@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--layout", choices=list(LAYOUT_KEYS), action="append",
+                        help="score only this layout (repeatable; default: both)")
     args = parser.parse_args()
 
     recipe = stage_recipe("stage2", args.out, args.steps, args.source / "stage1", seed=args.seed)
@@ -57,8 +59,9 @@ def main() -> None:
         key, _, value = item.partition("=")
         set_key(recipe, key, yaml.safe_load(value))
     cache_image_features(recipe)  # a recipe that reads more images than stage 2's adds theirs
-    sets = {key: eval_samples(args.questions, layout=layout) for layout, key in LAYOUT_KEYS.items()}
-    blind = baselines(sets["typed"])["blind"]
+    sets = {key: eval_samples(args.questions, layout=layout) for layout, key in LAYOUT_KEYS.items()
+            if layout in (args.layout or LAYOUT_KEYS)}
+    blind = baselines(next(iter(sets.values())))["blind"]
     print("blind:", {q: round(100 * blind["by_type"][q], 1) for q in QTYPES}, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     log = (args.out / "onset.jsonl").open("a")
