@@ -191,7 +191,7 @@ def test_pipeline_answers_from_the_folder(tmp_path):
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"projector": "resblock"}, "model.image.projector.type 'resblock': LLaVA's projector is linear -> GELU -> linear; "
+    ({"projector": "resblock"}, "model.image.projector.type: 'resblock': LLaVA's projector is linear -> GELU -> linear; "
                                 "nearest exportable choice: projector type mlp2x_gelu"),
     ({"image": {"type": "siglip", "random_config": TINY_SIGLIP, "layer": -1}},
      "model.image.layer: -1 with SigLIP is the output after SigLIP's post-layernorm"),
@@ -199,6 +199,7 @@ def test_pipeline_answers_from_the_folder(tmp_path):
 def test_what_llava_cannot_express_is_refused_in_one_line_leaving_nothing(tmp_path, capsys, setting, message):
     run = tiny_run(tmp_path / "run", **setting)
     out = tmp_path / "llava"
+    capsys.readouterr()  # what building the run printed
     assert main(["export", "--format", "llava", "--model", str(run), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1

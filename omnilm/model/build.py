@@ -23,7 +23,7 @@ from omnilm.config import EncoderConfig, LLMConfig, ProjectorConfig, Recipe, loa
 from omnilm.data.processor import OmniProcessor
 from omnilm.errors import ConfigError, OmniError
 from omnilm.model.checkpoint import atomic_folder, load_trained_weights, nbytes, weights_file
-from omnilm.model.checks import check_against_model
+from omnilm.model.checks import check_against_model, check_llava_start
 from omnilm.model.components import ENCODERS
 from omnilm.model.encoders import build_encoder
 from omnilm.model.omni import OmniLM
@@ -50,14 +50,9 @@ def start_from_llava(recipe: Recipe, base_dir: Path) -> Recipe:
     config = llava_config_of(recipe.model.init_from) if recipe.model.init_from else None
     if config is None:
         return recipe
-    source = recipe.model.init_from
-    if recipe.model.image is not None:
-        raise ConfigError(f"model.image: leave it out when model.init_from is a LLaVA checkpoint ({source}): "
-                          "its vision tower, feature layer and projector are used")
-    if recipe.model.llm.random_config is not None:
-        raise ConfigError(f"model.llm.random_config: leave it out when model.init_from is a LLaVA checkpoint ({source})")
+    check_llava_start(recipe, config)
     recipe, base_dir = copy.deepcopy(recipe), Path(base_dir).resolve()
-    settings = llava_parts(source, config, base_dir)
+    settings = llava_parts(recipe.model.init_from, config, base_dir)
     llm = recipe.model.llm
     llm.name_or_path, llm.tokenizer, llm.gguf_file = str(base_dir / "llm"), None, None
     recipe.model.image = EncoderConfig(name_or_path=str(base_dir / "image_encoder"),

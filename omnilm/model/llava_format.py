@@ -299,8 +299,8 @@ def llava_config_of(source: str):
             return None
         config = json.loads((path / "config.json").read_text())
         return AutoConfig.from_pretrained(path) if config.get("model_type") == "llava" else None
-    if path.exists() or not _hub_id_shaped(source):
-        return None  # an omnilm folder, or a missing local path (the recipe checks report it)
+    if path.exists() or path.parent.is_dir() and path.parent != Path(".") or not _hub_id_shaped(source):
+        return None  # an omnilm folder, or a missing local one such as runs/stage1 (the recipe checks report it)
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as err:
