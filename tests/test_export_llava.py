@@ -188,6 +188,7 @@ def test_pipeline_answers_from_the_folder(tmp_path):
     _, _, tokens = omnilm_outputs(*load_pretrained(run), image)
     processor = load_pretrained(run)[1]
     assert answer[0]["generated_text"] == processor.decode(tokens)
+    assert len(answer[0]["generated_text"]) > 0, "the tiny model answered nothing: nothing was compared"
 
 
 @pytest.mark.parametrize("setting, message", [
@@ -335,3 +336,18 @@ def test_qlora_run_exports_dequantized_and_merged(tiny_data, tmp_path):
     _, logits, _ = omnilm_outputs(qlora, processor, image)
     _, llava_logits, _, _ = llava_outputs(tmp_path / "llava", image)
     assert (logits[:, :259] - llava_logits[:, :259]).abs().max().item() < 1e-3
+
+
+@pytest.mark.parametrize("seed, servable", [("phi2-tinyclip-stage1.yaml", "phi2-tinyclip-stage1-llava.yaml"),
+                                            ("phi2-tinyclip-stage2-qlora.yaml", "phi2-tinyclip-stage2-llava.yaml")])
+def test_servable_seed_variants_differ_from_the_seed_only_in_projector_and_run_folders(seed, servable):
+    def flat(node, path=""):
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{path}.{key}".lstrip(".")).items()}
+        return {path: node}
+
+    a, b = flat(load_recipe(CONFIGS / seed).to_dict()), flat(load_recipe(CONFIGS / servable).to_dict())
+    changed = {key: (a[key], b[key]) for key in a if a[key] != b[key]}
+    assert changed.pop("model.image.projector.type") == ("resblock", "mlp2x_gelu")
+    assert set(changed) <= {"train.output_dir", "model.init_from"}
+    assert all("llava" in new and "llava" not in old for old, new in changed.values())
