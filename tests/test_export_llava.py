@@ -225,7 +225,9 @@ def test_a_non_zero_lm_head_bias_is_refused_unless_kept_for_vllm(tmp_path):
         export(model, processor, tmp_path / "llava", "llava")
     export(model, processor, tmp_path / "llava", "llava", keep_lm_head_bias=True)
     with safe_open(str(tmp_path / "llava" / "model.safetensors"), "pt") as f:
-        assert torch.equal(f.get_tensor("language_model.lm_head.bias"), torch.full((259,), 0.5))
+        bias, head = f.get_tensor("language_model.lm_head.bias"), f.get_tensor("language_model.lm_head.weight")
+    assert bias.shape[0] == head.shape[0] == 260  # one row more, for <image>
+    assert torch.equal(bias[:259], torch.full((259,), 0.5)) and bias[259] == 0
 
 
 def test_push_to_hub_offline_fails_before_any_work(tmp_path, capsys, monkeypatch):
@@ -351,3 +353,19 @@ def test_servable_seed_variants_differ_from_the_seed_only_in_projector_and_run_f
     assert changed.pop("model.image.projector.type") == ("resblock", "mlp2x_gelu")
     assert set(changed) <= {"train.output_dir", "model.init_from"}
     assert all("llava" in new and "llava" not in old for old, new in changed.values())
+
+
+@pytest.mark.parametrize("image, message", [
+    ({"type": "efficientnet_lite0", "random_config": {}, "drop_cls": True},
+     "model.image.type: 'efficientnet_lite0': LLaVA's vision tower is CLIP or SigLIP; nearest exportable choice: "
+     "model.image.type: clip or siglip"),
+    ({"projector": {"type": "mlp2x_gelu", "tokens_per_feature": 2}},
+     "model.image.projector.tokens_per_feature: 2: LLaVA makes one token per feature"),
+])
+def test_recipes_llava_cannot_express_are_refused_before_any_model_is_built(image, message):
+    from omnilm.model.llava_format import vision_choice
+
+    recipe = load_recipe(CONFIGS / "tiny-stage1.yaml", {"model": {"image": image}})
+    with pytest.raises(NotExpressible) as err:
+        vision_choice(recipe, None)
+    assert message in str(err.value) and "\n" not in str(err.value)

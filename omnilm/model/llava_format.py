@@ -102,17 +102,14 @@ def check_llm_layout(llm) -> None:
                      "LLaVA loaders expect 'model'", "a Llama, Qwen2, Phi, Mistral or Gemma LLM")
 
 
-def lm_head_bias(llm, keep: bool) -> torch.Tensor | None:
-    """The LM head's bias (Phi has one), which LlavaForConditionalGeneration cannot hold: zeros are
-    written (vLLM's Phi needs the key); anything else only when the user accepts that."""
+def check_lm_head_bias(llm, keep: bool) -> None:
+    """An LM-head bias (Phi has one) is written with the weights, since vLLM's Phi needs the key,
+    but LlavaForConditionalGeneration has no place for it: only zeros, unless the user accepts that."""
     bias = llm.get_output_embeddings().bias
-    if bias is None:
-        return None
-    if bias.abs().max() > 0 and not keep:
+    if bias is not None and bias.abs().max() > 0 and not keep:
         raise refuse("model.llm", f"{type(llm).__name__}'s LM head has a non-zero bias, which transformers' "
                      "LlavaForConditionalGeneration has no place for (vLLM applies it)",
                      "--keep-lm-head-bias to write it anyway for vLLM, or an LLM without one (Llama, Qwen2)")
-    return bias.detach()
 
 
 def add_media_tokens(tokenizer, llm, end_token_id: int | None) -> tuple[int, str, list[int]]:
@@ -224,15 +221,13 @@ def llava_config(llm, tower, choice: VisionChoice, image_token_id: int, tokens: 
     return config
 
 
-def llava_state_dict(llm, tower, projector: nn.Sequential, bias, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def llava_state_dict(llm, tower, projector: nn.Sequential, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     state = {}
     tied = llm.get_output_embeddings().weight is llm.get_input_embeddings().weight
     for name, tensor in llm.state_dict().items():
         if tied and name == "lm_head.weight":
             continue  # one copy: LLaVA ties it back on load
         state[LLM_PREFIX + name] = tensor
-    if bias is not None:
-        state[LLM_PREFIX + "lm_head.bias"] = bias
     for name, tensor in tower.state_dict().items():
         if not name.startswith("head."):  # SigLIP's pooling head: unused, and absent from LLaVA's tower
             state[TOWER_PREFIX + name] = tensor
@@ -258,12 +253,12 @@ def export_llava(model, processor, out, dtype: torch.dtype | None = None, card=N
     llm_dtype = dtype or next(p for p in model.llm.parameters() if p.is_floating_point()).dtype
     llm = plain_llm(model.llm, torch.float32)
     check_llm_layout(llm)
-    bias = lm_head_bias(llm, keep_lm_head_bias)
+    check_lm_head_bias(llm, keep_lm_head_bias)
     tokenizer = copy.deepcopy(processor.tokenizer)
     image_id, end_text, new_ids = add_media_tokens(tokenizer, llm, model.recipe.model.image.end_token_id)
     tower = encoder.tower
     tokens = encoder.tokens
-    state = llava_state_dict(llm, tower, model.projectors["image"], bias, llm_dtype)
+    state = llava_state_dict(llm, tower, model.projectors["image"], llm_dtype)
     config = llava_config(llm, tower, choice, image_id, tokens, llm_dtype)
     generation = copy.deepcopy(llm.generation_config) if llm.generation_config is not None else GenerationConfig()
     if new_ids:
@@ -372,7 +367,7 @@ def _write_parts(source: str, config, base_dir: Path) -> None:
     own = {f"{llm.base_model_prefix}.{k}": v for k, v in llava.model.language_model.state_dict().items()}
     own["lm_head.weight"] = llava.lm_head.weight
     missing, unexpected = llm.load_state_dict(own, strict=False)
-    missing = [k for k in missing if k != "lm_head.bias" and k not in ("lm_head.weight",)]
+    missing = [k for k in missing if k != "lm_head.bias"]  # LLaVA's LM head has none: zeros below
     if missing or unexpected:
         raise OmniError(f"{source}: the LLM's weights do not fit {type(llm).__name__}: "
                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
