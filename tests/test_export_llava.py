@@ -47,12 +47,14 @@ WEIGHT_PREFIXES = ("vision_tower.vision_model.", "multi_modal_projector.linear_1
                    "language_model.model.", "language_model.lm_head.")
 
 
-def tiny_run(folder, *, image=None, llm=None, template="phi", projector="mlp2x_gelu"):
+def tiny_run(folder, *, image=None, llm=None, template="phi", projector="mlp2x_gelu", data=None, tokenizer=None):
     """A loadable run folder with random tiny parts (the tiny recipe, changed where asked)."""
-    overrides = {"data": {"max_length": 256, "template": template},
-                 "model": {"image": {"projector": {"type": projector}, **(image or {})}}}
+    overrides = {"data": {"max_length": 256, "template": template, **(data or {})},
+                 "model": {"image": {"projector": {"type": projector}, **(image or {})}, "llm": {}}}
     if llm is not None:
-        overrides["model"]["llm"] = {"random_config": llm}
+        overrides["model"]["llm"]["random_config"] = llm
+    if tokenizer is not None:
+        overrides["model"]["llm"]["tokenizer"] = str(tokenizer)
     recipe = materialize_random(load_recipe(CONFIGS / "tiny-stage1.yaml", overrides), folder / "base")
     model, _ = build_model(recipe)
     save_trained_weights(model, folder)
@@ -75,10 +77,11 @@ def omnilm_outputs(model, processor, image, question=QUESTION, new_tokens=6):
     return ids[0], logits, tokens
 
 
-def llava_outputs(folder, image, question=QUESTION, new_tokens=6):
+def llava_outputs(folder, image, question=QUESTION, new_tokens=6, text_first=False):
     model = LlavaForConditionalGeneration.from_pretrained(folder).eval()
     processor = AutoProcessor.from_pretrained(folder)
-    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
+    parts = [{"type": "image", "image": image}, {"type": "text", "text": question}]
+    messages = [{"role": "user", "content": parts[::-1] if text_first else parts}]
     inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
                                            return_tensors="pt")
     with torch.no_grad():
@@ -87,11 +90,11 @@ def llava_outputs(folder, image, question=QUESTION, new_tokens=6):
     return inputs["input_ids"][0], logits, tokens, model.config
 
 
-def assert_same_answers(run_or_model, folder, image=None, atol=1e-4):
+def assert_same_answers(run_or_model, folder, image=None, atol=1e-4, text_first=False):
     model, processor = load_pretrained(run_or_model) if not isinstance(run_or_model, tuple) else run_or_model
     image = image or shape_image()
     ids, logits, tokens = omnilm_outputs(model, processor, image)
-    llava_ids, llava_logits, llava_tokens, config = llava_outputs(folder, image)
+    llava_ids, llava_logits, llava_tokens, config = llava_outputs(folder, image, text_first=text_first)
     # the same prompt, token for token (each placeholder as LLaVA's image token, the end token after)
     assert llava_ids.tolist() == ids.masked_fill(ids == PLACEHOLDER_IDS["image"], config.image_token_index).tolist()
     vocab = len(processor.tokenizer)  # the LLM's own tokens; rows added for <image> are never generated
@@ -123,6 +126,19 @@ def test_llama_and_qwen2_exports_answer_as_omnilm_does(tmp_path, llm):
     run = tiny_run(tmp_path / "run", llm=TINY_LLMS[llm], image={"random_config": TINY_CLIP}, template="plain")
     export(*load_pretrained(run), tmp_path / "llava", "llava")
     assert_same_answers(run, tmp_path / "llava")
+
+
+def test_the_tokenizers_own_chat_template_with_media_first_renders_as_omnilm_does(tmp_path):
+    """template: chat (the tokenizer's own, behind the generated preamble), a system prompt, and
+    media_first: a client's text-then-image content list gets omnilm's image-first prompt."""
+    tokenizer = byte_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant>{% endif %}")
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    run = tiny_run(tmp_path / "run", template="chat", tokenizer=tmp_path / "tokenizer",
+                   data={"media_first": True, "system": "Answer briefly."})
+    export(*load_pretrained(run), tmp_path / "llava", "llava")
+    assert_same_answers(run, tmp_path / "llava", text_first=True)
 
 
 def test_the_end_of_image_token_is_written_by_the_chat_template(tmp_path):
@@ -369,3 +385,11 @@ def test_recipes_llava_cannot_express_are_refused_before_any_model_is_built(imag
     with pytest.raises(NotExpressible) as err:
         vision_choice(recipe, None)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_omnilm_format_exports_get_a_model_card_too(tmp_path):
+    run = tiny_run(tmp_path / "run", projector="resblock")
+    export(*load_pretrained(run), tmp_path / "mine")
+    card = (tmp_path / "mine" / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: omnilm") and "omnilm chat --model mine" in card
+    assert "projector `resblock`" in card and load_pretrained(tmp_path / "mine")[0] is not None

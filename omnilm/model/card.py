@@ -84,6 +84,7 @@ def model_card(recipe, fmt: str, name: str, source: Path | None = None) -> str:
                           for key, value in metrics.items()) if metrics else "No training metrics were recorded.")
     what = ("a transformers `LlavaForConditionalGeneration` folder (weights, processor, chat template)"
             if fmt == "llava" else "an omnilm export folder (`omnilm.load_pretrained`)")
+    limit = f" (first {data.limit} samples)" if data.limit else ""
     recipe_yaml = yaml.safe_dump({"model": recipe.to_dict()["model"], "train": recipe.to_dict()["train"]},
                                  sort_keys=False)
     return f"""---
@@ -104,7 +105,7 @@ merged into the LLM and a 4-bit base is dequantized, so it loads without peft or
 Stage `{train.stage}`, {train.max_steps} steps, batch {train.batch_size} x {train.grad_accum}, lr {train.lr:g},
 prompt template `{data.template}`.
 
-Data: source `{data.source}`{f", `{data.path}`" if data.path else ""}{f" (first {data.limit} samples)" if data.limit else ""}.
+Data: source `{data.source}`{f", `{data.path}`" if data.path else ""}{limit}.
 
 Metrics the run recorded (its last log line):
 

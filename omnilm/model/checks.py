@@ -72,7 +72,8 @@ def check_llava_start(recipe: Recipe, llava) -> None:
         raise ConfigError(f"model.image: leave it out when model.init_from is a LLaVA checkpoint ({source}): "
                           "its vision tower, feature layer and projector are used")
     if recipe.model.llm.random_config is not None:
-        raise ConfigError(f"model.llm.random_config: leave it out when model.init_from is a LLaVA checkpoint ({source})")
+        raise ConfigError(f"model.llm.random_config: leave it out when model.init_from is a LLaVA checkpoint "
+                          f"({source})")
     encoder_settings(llava)  # what omnilm cannot take from it fails here, before any weights
 
 
