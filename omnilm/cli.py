@@ -152,11 +152,20 @@ def cmd_export(args) -> None:
     import torch
 
     from omnilm.model.build import load_pretrained
-    from omnilm.model.export import export_model
+    from omnilm.model.card import hub_preflight, push_folder
+    from omnilm.model.export import export
 
+    if args.push_to_hub:
+        hub_preflight(args.push_to_hub)  # an offline machine hears so before minutes of work
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-    out = export_model(*load_pretrained(args.model), args.out, dtype)
-    print(f"exported -> {out} (loads with omnilm.model.build.load_pretrained or `omnilm chat --model {out}`)")
+    out = export(*load_pretrained(args.model), args.out, args.format, dtype, source=args.model,
+                 keep_lm_head_bias=args.keep_lm_head_bias)
+    if args.format == "llava":
+        print(f"exported -> {out} (LlavaForConditionalGeneration + AutoProcessor; `vllm serve {out}`)")
+    else:
+        print(f"exported -> {out} (loads with omnilm.model.build.load_pretrained or `omnilm chat --model {out}`)")
+    if args.push_to_hub:
+        print(f"uploaded -> {push_folder(out, args.push_to_hub)}")
 
 
 def cmd_chat(args) -> None:
@@ -241,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run folder (or export folder)")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--format", default="omnilm", choices=["omnilm", "llava"],
+                   help="llava: a transformers LlavaForConditionalGeneration folder (vLLM, SGLang, TGI serve it)")
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hugging Face hub repo")
+    p.add_argument("--keep-lm-head-bias", action="store_true",
+                   help="llava: write the LLM's LM-head bias (Phi) that vLLM applies and transformers' LLaVA ignores")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("fixtures", help="write small COCO- and LLaVA-format data sets for the tiny recipes")

@@ -121,7 +121,9 @@ class ModelConfig:
     # auto: native when model.audio is set, else transcribe when a transcriber is set.
     audio_route: str = "auto"
     transcriber: Optional[TranscriberConfig] = None
-    init_from: Optional[str] = None  # a run or export folder whose trained weights seed this model
+    # a run or export folder whose trained weights seed this model, or a transformers LLaVA folder
+    # or hub id whose LLM, vision tower and projector become this model's (then leave model.image out)
+    init_from: Optional[str] = None
     seed: int = bounded(0, ge=0, lt=SEED_LIMIT)  # seed for random_config components
 
 

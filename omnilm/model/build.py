@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from omnilm.config import LLMConfig, Recipe, load_recipe, validate
+from omnilm.config import EncoderConfig, LLMConfig, ProjectorConfig, Recipe, load_recipe, validate
 from omnilm.data.processor import OmniProcessor
 from omnilm.errors import ConfigError, OmniError
 from omnilm.model.checkpoint import atomic_folder, load_trained_weights, nbytes, weights_file
-from omnilm.model.checks import check_against_model
+from omnilm.model.checks import check_against_model, check_llava_start
 from omnilm.model.components import ENCODERS
 from omnilm.model.encoders import build_encoder
 from omnilm.model.omni import OmniLM
@@ -42,8 +42,29 @@ def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def start_from_llava(recipe: Recipe, base_dir: Path) -> Recipe:
+    """A LLaVA checkpoint as model.init_from: its parts written into `base_dir` once (LLM, vision
+    tower, projector weights) and a recipe built on them; any other recipe comes back as it is."""
+    from omnilm.model.llava_format import PROJECTOR_DIR, llava_config_of, llava_parts
+
+    config = llava_config_of(recipe.model.init_from) if recipe.model.init_from else None
+    if config is None:
+        return recipe
+    check_llava_start(recipe, config)
+    recipe, base_dir = copy.deepcopy(recipe), Path(base_dir).resolve()
+    settings = llava_parts(recipe.model.init_from, config, base_dir)
+    llm = recipe.model.llm
+    llm.name_or_path, llm.tokenizer, llm.gguf_file = str(base_dir / "llm"), None, None
+    recipe.model.image = EncoderConfig(name_or_path=str(base_dir / "image_encoder"),
+                                       projector=ProjectorConfig(type="mlp2x_gelu"), **settings)
+    recipe.model.init_from = str(base_dir / PROJECTOR_DIR)  # the projector, loaded as trained weights
+    return recipe
+
+
 def materialize_random(recipe: Recipe, base_dir: Path) -> Recipe:
-    """Write random-config components into `base_dir` once; return a recipe pointing at them."""
+    """Write random-config components (and a LLaVA init_from's parts, see start_from_llava) into
+    `base_dir` once; return a recipe pointing at them."""
+    recipe = start_from_llava(recipe, base_dir)
     recipe, base_dir = copy.deepcopy(recipe), Path(base_dir).resolve()
     llm = recipe.model.llm
     if llm.random_config is not None:
@@ -132,9 +153,11 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
     `root` resolves "./" paths of a saved recipe; `base_dir` receives random components
     (a temporary folder when not given).
     """
+    if _has_random(recipe) or _from_llava(recipe):
+        base_dir = Path(base_dir or tempfile.mkdtemp(prefix="omnilm-base-"))
+        recipe = start_from_llava(recipe, base_dir)
     check_against_model(recipe, root)  # names and ids against the models' shapes, before any weights
     if _has_random(recipe):
-        base_dir = Path(base_dir or tempfile.mkdtemp(prefix="omnilm-base-"))
         recipe = materialize_random(recipe, base_dir)
     llm = build_llm(recipe.model.llm, root, device)
     d_llm = llm.get_input_embeddings().embedding_dim
@@ -173,6 +196,12 @@ def build_processor(recipe: Recipe, encoders: dict, root: Path | None = None) ->
 def _has_random(recipe: Recipe) -> bool:
     encs = [e for e in (recipe.model.image, recipe.model.audio) if e is not None]
     return recipe.model.llm.random_config is not None or any(e.random_config is not None for e in encs)
+
+
+def _from_llava(recipe: Recipe) -> bool:
+    from omnilm.model.llava_format import llava_config_of
+
+    return bool(recipe.model.init_from) and llava_config_of(recipe.model.init_from) is not None
 
 
 def portable(recipe: Recipe, folder: Path) -> Recipe:

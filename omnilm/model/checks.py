@@ -33,12 +33,18 @@ def check_against_model(recipe: Recipe, root: Path | None = None) -> None:
     "./" paths. Recipes built in code have skipped load_recipe, so the value checks run again."""
     from omnilm.model.paths import resolve_path
 
+    from omnilm.model.llava_format import llava_config_of
+
     validate(recipe)
     model = recipe.model
+    llava = llava_config_of(resolve_path(model.init_from, root)) if model.init_from else None
+    if llava is not None:
+        check_llava_start(recipe, llava)
     with torch.random.fork_rng(devices=[]):  # building skeletons must not move the seeded RNG
-        config = llm_config(model.llm, root)
+        config = llava.text_config if llava is not None else llm_config(model.llm, root)
         vocab = config.get_text_config().vocab_size
-        check_tokenizer(model.llm, root, vocab)
+        if llava is None:  # a LLaVA checkpoint brings its own tokenizer
+            check_tokenizer(model.llm, root, vocab)
         llm = llm_skeleton(config, model.llm)
         for modality in ("image", "audio"):
             enc = getattr(model, modality)
@@ -53,8 +59,22 @@ def check_against_model(recipe: Recipe, root: Path | None = None) -> None:
                 require_source(resolve_path(enc.name_or_path, root), f"model.{modality}.name_or_path")
         if model.llm.lora is not None:
             check_lora(model.llm.lora, llm)
-    if model.init_from and not Path(resolve_path(model.init_from, root)).exists():
+    if model.init_from and llava is None and not Path(resolve_path(model.init_from, root)).exists():
         raise ConfigError(f"model.init_from {model.init_from!r}: no such run or export folder")
+
+
+def check_llava_start(recipe: Recipe, llava) -> None:
+    """A LLaVA checkpoint as model.init_from decides the LLM, the vision tower and the projector."""
+    from omnilm.model.llava_format import encoder_settings
+
+    source = recipe.model.init_from
+    if recipe.model.image is not None:
+        raise ConfigError(f"model.image: leave it out when model.init_from is a LLaVA checkpoint ({source}): "
+                          "its vision tower, feature layer and projector are used")
+    if recipe.model.llm.random_config is not None:
+        raise ConfigError(f"model.llm.random_config: leave it out when model.init_from is a LLaVA checkpoint "
+                          f"({source})")
+    encoder_settings(llava)  # what omnilm cannot take from it fails here, before any weights
 
 
 def require_source(value: str | None, key: str) -> None:

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from omnilm.config import save_recipe
+from omnilm.errors import ConfigError
 from omnilm.model.build import RECIPE_FILE
 from omnilm.model.paths import LOCAL
 from omnilm.model.checkpoint import WEIGHTS, atomic_save
@@ -80,9 +81,10 @@ def _tied_keys(model) -> set[str]:
     return set(tied) if not isinstance(tied, dict) else set(tied.keys())
 
 
-def export_model(model, processor, out, dtype: torch.dtype | None = None) -> Path:
+def export_model(model, processor, out, dtype: torch.dtype | None = None, card=None) -> Path:
     """Write llm/ (with the processor's tokenizer), <modality>_encoder/, weights.safetensors
-    (projectors) and recipe.yaml: a folder `load_pretrained` turns back into both."""
+    (projectors) and recipe.yaml: a folder `load_pretrained` turns back into both. `card(folder)`
+    writes the model card."""
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -102,7 +104,30 @@ def export_model(model, processor, out, dtype: torch.dtype | None = None) -> Pat
     projectors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n.startswith("projectors.")}
     atomic_save(projectors, tmp / WEIGHTS)
     save_recipe(recipe, tmp / RECIPE_FILE)
+    if card is not None:
+        card(tmp)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+FORMATS = ("omnilm", "llava")
+
+
+def export(model, processor, out, fmt: str = "omnilm", dtype: torch.dtype | None = None, source=None,
+           keep_lm_head_bias: bool = False) -> Path:
+    """`omnilm export`: omnilm's own folder, or a transformers LLaVA folder (omnilm.model.llava_format);
+    either with a model card. `source` is the run folder, for the metrics it recorded."""
+    from omnilm.model.card import write_model_card
+
+    def card(folder: Path) -> None:
+        write_model_card(folder, model.recipe, fmt, Path(source) if source else None)
+
+    if fmt == "llava":
+        from omnilm.model.llava_format import export_llava
+
+        return export_llava(model, processor, out, dtype, card=card, keep_lm_head_bias=keep_lm_head_bias)
+    if keep_lm_head_bias:
+        raise ConfigError("--keep-lm-head-bias is for --format llava")
+    return export_model(model, processor, out, dtype, card=card)
