@@ -150,3 +150,15 @@ def test_the_tiny_recipe_trains_from_parquet_and_webdataset(kind, data, tiny_dat
                          train={"max_steps": 3, "batch_size": 3, "log_every": 1, "save_every": 10})
     result = train(recipe, progress=False)
     assert result.state.step == 3 and result.state.samples == 9 and len(result.losses) == 3
+
+
+def test_cache_features_reads_a_streamed_source_by_image_hash(tiny_data, tmp_path):
+    """Image bytes have no path: the cache keys them by content, so a shuffled stream finds them."""
+    from omnilm.training.cache import cache_features
+
+    recipe = tiny_recipe(tiny_data, tmp_path, data={"source": "hf", "path": str(as_shards(tmp_path)), "image_dir": None,
+                                                    "streaming": True, "feature_cache": str(tmp_path / "cache")},
+                         train={"max_steps": 2, "batch_size": 3, "save_every": 10})
+    cache = cache_features(recipe, progress=False)
+    assert len(cache) == len(ROWS) and all(key.startswith("sha1:") and len(key) == 45 for key in cache.index)
+    assert train(recipe, progress=False).state.samples == 6

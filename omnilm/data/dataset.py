@@ -7,6 +7,7 @@ import logging
 import torch
 from torch.utils.data import Dataset
 
+from omnilm.data.feature_cache import media_key
 from omnilm.data.rows import LOGGED_SKIPS
 from omnilm.data.sample import Sample
 from omnilm.errors import DataError
@@ -40,7 +41,7 @@ class SampleDataset(Dataset):
 
     def encode(self, sample: Sample):
         """What training reads for one sample (`omnilm data check` reads the same)."""
-        features = {"image": [self.cache.get(p) for p in sample.images]} if self.cache and sample.images else None
+        features = {"image": [self.cache.get(media_key(p)) for p in sample.images]} if self.cache and sample.images else None
         return self.processor(sample, features)
 
     def _log_skip(self, index: int, err: DataError) -> None:
