@@ -162,3 +162,17 @@ def test_cache_features_reads_a_streamed_source_by_image_hash(tiny_data, tmp_pat
     cache = cache_features(recipe, progress=False)
     assert len(cache) == len(ROWS) and all(key.startswith("sha1:") and len(key) == 45 for key in cache.index)
     assert train(recipe, progress=False).state.samples == 6
+
+
+def test_audio_arrays_with_their_rate_reach_the_audio_reader(tmp_path):
+    import numpy as np
+
+    from omnilm.data.audio import SAMPLING_RATE, load_sample_audio
+
+    tone = np.sin(np.arange(8000) / 8000 * 2 * np.pi * 440).astype(np.float32)  # 1 s at 8 kHz
+    Dataset.from_list([{"messages": [{"role": "user", "content": "<audio> what is it?"},
+                                     {"role": "assistant", "content": "a tone"}],
+                        "audios": [{"array": tone.tolist(), "sampling_rate": 8000}]}]).to_parquet(str(tmp_path / "a.parquet"))
+    (sample,) = load_samples(DataConfig(source="hf", path=str(tmp_path / "a.parquet"))).samples
+    waveform = load_sample_audio(sample.audios[0])
+    assert sample.messages[0].content == "<audio> what is it?" and len(waveform) == SAMPLING_RATE

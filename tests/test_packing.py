@@ -122,3 +122,21 @@ def test_packed_media_batch_trains_like_the_padded_one(tiny_data, tmp_path):
     torch.testing.assert_close(losses[1], losses[0], **TOL)
     for a, b in zip(grads[1], grads[0]):
         torch.testing.assert_close(a, b, **TOL)
+
+
+def test_length_grouped_batches_pad_less_cover_the_epoch_and_resume_exactly():
+    from omnilm.data.dataset import ResumableBatches
+
+    lengths = torch.randint(10, 500, (400,), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def batches(grouped, start=0):
+        return list(ResumableBatches(400, 8, 1, 0, seed=1, start=start, total=50,
+                                     lengths=lengths if grouped else None))
+
+    def padding(bs):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+
+    grouped, plain = batches(True), batches(False)
+    assert sorted(i for b in grouped for i in b) == list(range(400))  # one epoch: every sample once
+    assert padding(grouped) < padding(plain) / 10
+    assert batches(True, start=17) == grouped[17:]
