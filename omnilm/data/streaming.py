@@ -65,12 +65,18 @@ class StreamedBatches(IterableDataset):
             stream.set_epoch(epoch)
             count = 0
             for count, row in enumerate(read_rows(stream, self.cfg), start=1):
-                where = f"{convert.where(row, count - 1)}" + (f" (epoch {epoch})" if epoch else "")
-                yield where, lambda row=row, index=count - 1: convert(row, index)
+                yield self.where(convert, row, count - 1, epoch), lambda row=row, index=count - 1: convert(row, index)
             if count == 0:
                 raise DataError(f"data.path {self.cfg.path!r}: process {self.rank} of {self.world} got no rows "
                                 "to stream (fewer rows than processes?)")
             epoch += 1
+
+    def where(self, convert, row: dict, index: int, epoch: int) -> str:
+        """A WebDataset row by shard and key; any other by its place in this process's stream
+        (after shuffling, not its row in the file)."""
+        if row.get("__key__"):
+            return convert.where(row, index)
+        return f"{self.cfg.path} streamed row #{index} (process {self.rank}, epoch {epoch})"
 
     def encode(self, where: str, make):
         """One row -> the processor's Encoded, or None when it is bad and data.skip_bad is set
