@@ -120,7 +120,7 @@ def test_streamed_bad_rows_are_named_or_skipped(tmp_path, processor):
                                  seed=0, start=0, total=1)
         return next(iter(stream))
 
-    with pytest.raises(DataError, match="row #1: image has neither bytes nor a path"):
+    with pytest.raises(DataError, match=r"streamed row #1 \(process 0, epoch 0\): image has neither bytes nor a path"):
         first_batch(False)
     assert [item is None for item in first_batch(True)] == [False, True, False, True, False, False]
 
