@@ -56,7 +56,7 @@ def cmd_data_check(args) -> int:
 def cmd_fixtures(args) -> None:
     from omnilm.data.fixtures import make_all
 
-    for name, path in make_all(args.out).items():
+    for name, path in make_all(args.out, hf=True).items():
         print(f"{name}: {path}")
 
 
@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="llava: write the LLM's LM-head bias (Phi) that vLLM applies and transformers' LLaVA ignores")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("fixtures", help="write small COCO- and LLaVA-format data sets for the tiny recipes")
+    p = sub.add_parser("fixtures", help="write small COCO-, LLaVA-, parquet and WebDataset data sets for the tiny recipes")
     p.add_argument("--out", default="data/tiny")
     p.set_defaults(func=cmd_fixtures)
 

@@ -130,7 +130,11 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     source: str = "coco"  # registry name, see omnilm.data.sources.SOURCES
-    path: Optional[str] = None  # annotation / conversation / manifest file
+    path: Optional[str] = None  # annotation / conversation / manifest file; hf: hub id, file, folder or glob
+    name: Optional[str] = None  # hf: the data set's configuration (subset)
+    split: str = "train"  # hf: which split
+    revision: Optional[str] = None  # hf: hub branch, tag or commit
+    columns: dict = field(default_factory=dict)  # hf: role -> column, e.g. {messages: chat, images: pics}
     image_dir: Optional[str] = None
     audio_dir: Optional[str] = None
     template: str = "caption"  # prompt template, see omnilm.data.chat.TEMPLATES
@@ -144,6 +148,11 @@ class DataConfig:
     skip_bad: bool = False  # skip (and count) unreadable samples instead of stopping
     feature_cache: Optional[str] = None  # folder written by `omnilm cache-features`
     num_workers: int = bounded(0, ge=0)
+    # hf: read rows as they stream (nothing held in memory; shards split across processes)
+    streaming: bool = False
+    shuffle_buffer: int = bounded(1000, ge=1)  # streaming: rows the shuffle draws from (1 = stream order)
+    packing: bool = False  # several samples per row up to max_length, none attending to another
+    group_by_length: bool = False  # batches of similar length (not with streaming)
     options: dict = field(default_factory=dict)  # source-specific options
 
 
@@ -302,9 +311,30 @@ def validate(recipe: Recipe) -> None:
     for name in ("image", "audio"):
         if getattr(recipe.model, name) is not None:
             check_encoder(getattr(recipe.model, name), f"model.{name}")
+    check_data_keys(recipe)
     lora = recipe.model.llm.lora
     if lora is not None and not lora.target_modules:
         raise ConfigError("model.llm.lora.target_modules: must name at least one layer of the LLM")
+
+
+HF_ONLY = ("name", "revision", "columns", "streaming")
+
+
+def check_data_keys(recipe: Recipe) -> None:
+    data = recipe.data
+    if data.source != "hf":
+        for key in HF_ONLY:
+            if getattr(data, key) != getattr(DataConfig(), key):
+                raise ConfigError(f"data.{key}: only for data.source=hf, not {data.source}")
+    if data.streaming and data.group_by_length:
+        raise ConfigError("data.group_by_length needs every sample's length up front; "
+                          "it cannot be used with data.streaming")
+    if data.streaming and recipe.train.epochs:
+        raise ConfigError("train.epochs needs the data set's size, which a stream does not know; "
+                          "with data.streaming set train.max_steps")
+    for role, column in data.columns.items():
+        if not isinstance(column, str) or not column:
+            raise ConfigError(f"data.columns.{role}: expected a column name, got {column!r}")
 
 
 # EncoderConfig keys that some encoder types read and others ignore (see EncoderSpec.options).

@@ -5,6 +5,7 @@ Layout of a cache folder: features.npy ([N, T, D] float16, memory-mapped), index
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -19,6 +20,14 @@ from omnilm.data.rows import LOGGED_SKIPS
 from omnilm.errors import ConfigError, DataError, OmniError
 
 log = logging.getLogger(__name__)
+
+
+def media_key(item) -> str:
+    """An image's key in a cache: its path, or for image bytes (data.source hf) their hash,
+    which names the same image the same way whatever order the stream brings it in."""
+    if isinstance(item, (bytes, bytearray)):
+        return "sha1:" + hashlib.sha1(item).hexdigest()
+    return str(item)
 
 
 class FeatureCache:
@@ -54,12 +63,13 @@ def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, r
                         skip_bad: bool = False, progress: bool = True) -> FeatureCache:
     """Encode each distinct item once; written to a temporary folder and renamed when complete."""
     folder = Path(folder)
-    keys = list(dict.fromkeys(str(i) for i in items))
+    by_key = {media_key(i): i for i in items}
+    keys = list(by_key)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     device = next(encoder.parameters()).device
-    probe = _probe(encoder, keys, read, device, skip_bad)  # [T, D]
+    probe = _probe(encoder, by_key, read, device, skip_bad)  # [T, D]
     out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
                                     shape=(len(keys), *probe.shape))
     index: dict[str, int] = {}
@@ -69,7 +79,7 @@ def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, r
         inputs, names = [], []
         for key in keys[start:start + batch_size]:
             try:
-                inputs.append(encoder.preprocess(read(key)).to(device))
+                inputs.append(encoder.preprocess(read(by_key[key])).to(device))
                 names.append(key)
             except DataError as err:
                 if not skip_bad:
@@ -98,16 +108,16 @@ def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, r
     return FeatureCache.open(folder)
 
 
-def _probe(encoder, keys: list[str], read, device, skip_bad: bool) -> torch.Tensor:
+def _probe(encoder, by_key: dict, read, device, skip_bad: bool) -> torch.Tensor:
     """The features of the first readable item, which fix the cache's shape (the main pass
     counts and names the unreadable ones)."""
-    for key in keys:
+    for item in by_key.values():
         try:
-            return encoder([encoder.preprocess(read(key)).to(device)])[0]
+            return encoder([encoder.preprocess(read(item)).to(device)])[0]
         except DataError:
             if not skip_bad:
                 raise
-    raise DataError(f"none of the {len(keys)} items could be read; nothing to cache")
+    raise DataError(f"none of the {len(by_key)} items could be read; nothing to cache")
 
 
 def _truncate(path: Path, rows: int) -> None:

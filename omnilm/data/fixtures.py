@@ -1,9 +1,11 @@
-"""Small data sets in the exact public formats (COCO captions, LLaVA-Instruct, ASR manifest),
-generated on the spot: shapes of known colour, so a tiny model has something real to learn."""
+"""Small data sets in the exact public formats (COCO captions, LLaVA-Instruct, ASR manifest,
+a Hugging Face parquet in TRL's chat layout and WebDataset caption shards), generated on the spot: shapes of known colour, so a tiny model has something real to learn."""
 from __future__ import annotations
 
+import io
 import json
 import random
+import tarfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -87,9 +89,62 @@ def make_asr(root, count: int = 16, seed: int = 2) -> Path:
     return path
 
 
-def make_all(root, audio: bool = True) -> dict[str, Path]:
+def caption_rows(count: int, seed: int) -> list[tuple[bytes, str]]:
+    """(JPEG bytes, caption) pairs: the same bytes go into every format, so all decode alike."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+        buffer = io.BytesIO()
+        draw_shape(color, shape, seed=seed * 1000 + i).save(buffer, format="JPEG", quality=95)
+        rows.append((buffer.getvalue(), f"a {color} {shape}."))
+    return rows
+
+
+def trl_dataset(rows: list[tuple[bytes, str]]):
+    """A datasets.Dataset in TRL's vision layout: `messages` with content parts + `images`."""
+    from datasets import Dataset, Features, Image as ImageFeature, List, Value
+
+    part = {"type": Value("string"), "text": Value("string")}
+    features = Features({"messages": List({"role": Value("string"), "content": List(part)}),
+                         "images": List(ImageFeature())})
+    return Dataset.from_dict({
+        "messages": [[{"role": "user", "content": [{"type": "image", "text": None}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": caption}]}] for _, caption in rows],
+        "images": [[{"bytes": jpeg, "path": None}] for jpeg, _ in rows],
+    }, features=features)
+
+
+def write_shards(rows: list[tuple[bytes, str]], folder: Path, shards: int) -> list[Path]:
+    """WebDataset tar shards: KEY.jpg + KEY.txt per sample, samples dealt out in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{n:05d}.tar" for n in range(shards)]
+    per_shard = -(-len(rows) // shards)
+    for n, path in enumerate(paths):
+        with tarfile.open(path, "w") as tar:
+            for i in range(n * per_shard, min((n + 1) * per_shard, len(rows))):
+                for suffix, data in (("jpg", rows[i][0]), ("txt", rows[i][1].encode())):
+                    info = tarfile.TarInfo(f"{i:06d}.{suffix}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return paths
+
+
+def make_hf(root, count: int = 48, seed: int = 3) -> dict[str, Path]:
+    """root/captions.parquet (TRL layout, images embedded) + root/shards/0000{0,1}.tar (WebDataset)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = caption_rows(count, seed)
+    trl_dataset(rows).to_parquet(str(root / "captions.parquet"))
+    write_shards(rows, root / "shards", 2)
+    return {"parquet": root / "captions.parquet", "shards": root / "shards" / "*.tar"}
+
+
+def make_all(root, audio: bool = True, hf: bool = False) -> dict[str, Path]:
     root = Path(root)
     out = {"coco": make_coco(root / "coco"), "llava": make_llava(root / "llava")}
     if audio:
         out["asr"] = make_asr(root / "asr")
+    if hf:
+        out.update({f"hf {kind}": path for kind, path in make_hf(root / "hf").items()})
     return out

@@ -41,13 +41,13 @@ class RowCollector:
             check_messages(sample.messages)
             self.out.samples.append(sample)
         except (KeyError, TypeError, ValueError, AttributeError, DataError) as err:
-            message = f"{where}: {err if isinstance(err, DataError) else _describe(err)}"
+            message = f"{where}: {err if isinstance(err, DataError) else describe_row_error(err)}"
             if not self.cfg.skip_bad:
                 raise DataError(message + " (set data.skip_bad=true to skip such rows)") from None
             self.out.bad.append(message)
 
 
-def _describe(err: Exception) -> str:
+def describe_row_error(err: Exception) -> str:
     if isinstance(err, KeyError):
         return f"missing field {err.args[0]!r}"
     return f"malformed row ({type(err).__name__}: {err})"

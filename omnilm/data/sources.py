@@ -199,11 +199,19 @@ def asr_manifest(cfg: DataConfig) -> Loaded:
     return rows.out
 
 
+def hf_datasets(cfg: DataConfig) -> Loaded:
+    """Anything `datasets.load_dataset` opens (omnilm.data.hf_source); datasets loads only when used."""
+    from omnilm.data.hf_source import hf
+
+    return hf(cfg)
+
+
 SOURCES = {
     "coco": coco_captions,
     "llava": llava_instruct,
     "jsonl": jsonl_messages,
     "asr": asr_manifest,
+    "hf": hf_datasets,
     "easyvqa": easyvqa,  # the quickstart's data set (omnilm/tasks/easyvqa)
 }
 

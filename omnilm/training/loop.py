@@ -15,7 +15,6 @@ import random
 import shutil
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +23,17 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from safetensors.torch import save_file
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from omnilm.config import Recipe, save_recipe
-from omnilm.data.collate import collate
-from omnilm.data.dataset import ResumableBatches, SampleDataset
 from omnilm.data.feature_cache import open_recipe_cache
-from omnilm.data.sources import load_samples
 from omnilm.errors import ConfigError, OmniError
 from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
 from omnilm.model.checks import check_against_model
 from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_folder, checkpoint_dirs, disk_full, is_disk_full,
                                      load_trained_weights, nbytes, remove_stale_temps, save_trained_weights,
                                      trained_state_dict)
+from omnilm.training.batches import training_data
 from omnilm.training.plot import plot_metrics
 from omnilm.training.stages import apply_stage, component_of
 
@@ -125,14 +121,11 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
     report = apply_stage(model, cfg.stage)
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    loaded = load_samples(recipe.data)
-    dataset = SampleDataset(loaded.samples, processor, cache, recipe.data.skip_bad)
-    per_epoch = len(dataset) // (cfg.batch_size * accelerator.num_processes)
-    total_steps = cfg.epochs * max(per_epoch // cfg.grad_accum, 1) if cfg.epochs else cfg.max_steps
+    data = training_data(recipe, processor, cache, accelerator.num_processes, accelerator.process_index)
+    total_steps = data.total_steps
     if main:
         log.info("stage %s\n%s", cfg.stage, report)
-        log.info("%d samples (%d malformed rows skipped)%s", len(dataset), loaded.skipped,
-                 "".join(f"\n  skipped: {e}" for e in loaded.errors))
+        log.info("%s", data.summary)
 
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = lr_schedule(optimizer, cfg.warmup_steps, total_steps)
@@ -143,13 +136,7 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
         if main:
             log.info("resumed from %s at step %d", existing[-1].name, state.step)
 
-    batches = ResumableBatches(len(dataset), cfg.batch_size, accelerator.num_processes, accelerator.process_index,
-                               cfg.seed, start=state.micro, total=total_steps * cfg.grad_accum)
-    # Iterating a DataLoader draws its workers' base seed from `generator`, or else from the
-    # global RNG that dropout uses, which would shift every later mask on resume.
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=recipe.data.num_workers,
-                        collate_fn=partial(collate, pad_id=processor.tokenizer.pad_token_id),
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    loader = data.loader(start=state.micro)
     if saved_rng is not None:
         _set_rng_state(saved_rng[accelerator.process_index % len(saved_rng)])
     metrics_file = run_dir / "metrics.jsonl"
