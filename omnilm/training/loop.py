@@ -38,6 +38,7 @@ from omnilm.model.checks import check_against_model
 from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_folder, checkpoint_dirs, disk_full, is_disk_full,
                                      load_trained_weights, nbytes, remove_stale_temps, save_trained_weights,
                                      trained_state_dict)
+from omnilm.training.memory import GIB, estimate_memory, peak_allocated, strategy_of
 from omnilm.training.plot import plot_metrics
 from omnilm.training.stages import apply_stage, component_of
 
@@ -134,6 +135,11 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
         log.info("%d samples (%d malformed rows skipped)%s", len(dataset), loaded.skipped,
                  "".join(f"\n  skipped: {e}" for e in loaded.errors))
 
+    if main:
+        log.info("%s", estimate_memory(model, batch_size=cfg.batch_size, seq_len=recipe.data.max_length,
+                                       strategy=strategy_of(accelerator), processes=accelerator.num_processes,
+                                       gradient_checkpointing=cfg.gradient_checkpointing,
+                                       activation_bytes=2 if accelerator.mixed_precision in ("bf16", "fp16") else None))
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = lr_schedule(optimizer, cfg.warmup_steps, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -187,6 +193,9 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
                 record = {"step": state.step, "loss": sum(window_loss) / len(window_loss),
                           "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
                           "samples": state.samples, "skipped": state.skipped}
+                peak = peak_allocated(accelerator.device)
+                if peak is not None:  # the CUDA allocator's high-water mark so far, to set beside the estimate
+                    record["peak_memory_gib"] = round(peak / GIB, 3)
                 losses.append(record["loss"])
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                 sps=f"{record['samples_per_s']:.1f}")
