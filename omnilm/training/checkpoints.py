@@ -53,6 +53,10 @@ def trained_weights(accelerator, model) -> dict[str, torch.Tensor]:
     Every process must call it: under FSDP each parameter is gathered from its shards, one at a
     time, so no process ever holds the frozen rest of the model whole."""
     module = accelerator.unwrap_model(model)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:  # ZeRO-3 partitions live inside DeepSpeed
+        whole = accelerator.get_state_dict(model)  # gathered on the main process (zero3_save_16bit_model)
+        names = {name for name, param in module.named_parameters() if is_trained(module, name, param)}
+        return {name: t.detach().to("cpu").contiguous() for name, t in (whole or {}).items() if name in names}
     weights = {}
     for name, param in module.named_parameters():
         if is_trained(module, name, param):

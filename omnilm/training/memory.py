@@ -5,8 +5,9 @@ batch and sequence length, so a user sees whether a run fits a 24 GB card withou
 Weights, gradients and AdamW states are counted from the model as built (4-bit weights at
 their packed size). Activations are what autograd keeps per decoder layer, per token, in
 units of the LLM's width (h) and MLP width (f), plus the LM head's logits at the learned
-positions: the factors below were read off torch's MemTracker on Phi and Llama layers (see
-tests/test_memory.py, which holds the estimate to 25 % of a measured peak).
+positions: the factors below were fitted to peaks measured on Phi layers (tests/test_memory.py
+holds the estimate to 25 % of a measured peak); other layer types (Llama's gated SiLU MLP) keep
+somewhat different amounts, so take the figure as a guide, not a guarantee.
 """
 from __future__ import annotations
 
@@ -15,13 +16,15 @@ from dataclasses import dataclass
 import torch
 
 GIB = 1024**3
-# Per token and decoder layer, in elements: what backward needs from the forward.
-# Frozen weights: norms, attention (q, k, v, output), the MLP's activation input.
-FROZEN_H, FROZEN_F = 6, 2
-# Trained weights (finetune, LoRA) also keep every linear layer's input (and LoRA's dropout copies).
-TRAINED_H, TRAINED_F = 12, 3
-# Gradient checkpointing keeps each layer's input; one layer's activations exist at a time.
-CHECKPOINTED_H = 1
+# Per token and decoder layer, in elements of the activation dtype: what backward needs from the
+# forward, fitted to the peaks tests/test_memory.py measures on Phi layers (sizes 64-256 wide).
+# A frozen LLM still keeps the MLP's activation inputs and its attention's q, k, v; trained
+# weights (finetune, LoRA) also keep every linear layer's input and LoRA's dropout copies.
+FROZEN_H, FROZEN_F = 1, 7.5
+TRAINED_H, TRAINED_F = 13, 8
+# Gradient checkpointing keeps each layer's input, and one layer's activations (with their
+# gradients) exist at a time while it is recomputed.
+CHECKPOINTED_H, RECOMPUTED_LAYERS = 1, 1.3
 SHARDED = {"fsdp": ("weights", "gradients", "optimizer"), "zero3": ("weights", "gradients", "optimizer"),
            "zero2": ("gradients", "optimizer")}
 STRATEGIES = ("single", "ddp", *SHARDED)
@@ -89,13 +92,13 @@ def _activations(model, tokens: int, checkpointed: bool, element_bytes: int | No
     per_layer_h, per_layer_f = (TRAINED_H, TRAINED_F) if llm_trains else (FROZEN_H, FROZEN_F)
     one_layer = tokens * (per_layer_h * h + per_layer_f * f) * size
     if checkpointed:
-        kept = tokens * CHECKPOINTED_H * h * size * layers + one_layer
+        kept = tokens * CHECKPOINTED_H * h * size * layers + RECOMPUTED_LAYERS * one_layer
     else:
         kept = one_layer * layers
     # The head's logits at learned positions (at most all of them): bf16/fp32 logits, their fp32
     # copy for the loss and its gradient.
     logits = tokens * config.vocab_size * (size + 2 * 4)
-    return kept + logits
+    return int(kept + logits)
 
 
 def strategy_of(accelerator) -> str:
