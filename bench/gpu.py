@@ -12,6 +12,7 @@ failed, and a missing optional package is reported as "missing", not run):
   generation       greedy generation tokens/s at batch 1 and 32
   fsdp2            one `accelerate launch --config_file configs/accelerate/fsdp2.yaml` finetune step
                    on every GPU (1 GPU still runs FSDP2's bf16 and sharding code)
+  fsdp2_qlora      the same with LoRA on an NF4 base stored as bf16 (QLoRA under FSDP2)
   zero2, zero3     the same with DeepSpeed, when deepspeed is installed
 
     bash bench/gpu.sh                      # GPU: the sizes above, JSON to $OMNILM_GPU_JSON or gpu.json
@@ -336,20 +337,27 @@ def _sync(bench: Bench) -> None:
         torch.cuda.synchronize()
 
 
-def launched(bench: Bench, config_name: str) -> dict:
-    """One finetune step of the LLM under `accelerate launch --config_file configs/accelerate/<name>.yaml`."""
+def launched(bench: Bench, config_name: str, qlora: bool = False) -> dict:
+    """One step under `accelerate launch --config_file configs/accelerate/<name>.yaml`: the whole LLM
+    fine-tuned, or (qlora) LoRA adapters on an NF4 base. Every GPU; two CPU processes in a dry run."""
     from omnilm.config import save_recipe
 
     if config_name.startswith("zero") and importlib.util.find_spec("deepspeed") is None:
         raise Missing("deepspeed missing: pip install deepspeed to run ZeRO")
-    processes = torch.cuda.device_count() if not bench.dry_run else 1
-    run = recipe(bench, config_name, train={"stage": "finetune", "max_steps": 1, "log_every": 1,
-                                            "batch_size": bench.size.stage2_batch, "gradient_checkpointing": True})
-    recipe_file = bench.folder / f"{config_name}.yaml"
+    if qlora and importlib.util.find_spec("bitsandbytes") is None:
+        raise Missing("bitsandbytes missing: pip install bitsandbytes to run QLoRA under FSDP2")
+    processes = torch.cuda.device_count() if not bench.dry_run else 2
+    name = config_name + ("-qlora" if qlora else "")
+    model = {"llm": {"name_or_path": bench.base()["llm"], "random_config": None, "tokenizer": None,
+                     "quantization": "nf4", "lora": {"r": 64, "alpha": 16, "dropout": 0.05}}} if qlora else {}
+    run = recipe(bench, name, model=model,
+                 train={"stage": "instruct" if qlora else "finetune", "max_steps": 1, "log_every": 1,
+                        "batch_size": bench.size.stage2_batch, "gradient_checkpointing": True})
+    recipe_file = bench.folder / f"{name}.yaml"
     save_recipe(run, recipe_file)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "configs" / "accelerate" / f"{config_name}.yaml"), "--num_processes", str(processes),
-           "--main_process_port", str(29600 + len(config_name))]
+           "--main_process_port", str(29600 + len(name))]
     cmd += ["-m", "omnilm.cli", "train", str(recipe_file), "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
@@ -372,6 +380,7 @@ SECTIONS = {
     "stage2_lora_bf16": lambda bench: stage2(bench, "none"),
     "generation": section_generation,
     "fsdp2": lambda bench: launched(bench, "fsdp2"),
+    "fsdp2_qlora": lambda bench: launched(bench, "fsdp2", qlora=True),
     "zero2": lambda bench: launched(bench, "zero2"),
     "zero3": lambda bench: launched(bench, "zero3"),
 }
@@ -406,7 +415,7 @@ def summary_line(name: str, result: dict) -> str:
                 f"(estimate {result['estimate_gib']} GiB)")
     if name == "generation":
         return f"{name:<17} " + ", ".join(f"{k} {v}" for k, v in result.items() if k.endswith("tokens_per_s"))
-    if name in ("fsdp2", "zero2", "zero3"):
+    if name in ("fsdp2", "fsdp2_qlora", "zero2", "zero3"):
         return f"{name:<17} {result['processes']} process(es), loss {result['loss']:.4f}, peak {result['peak_gib']} GiB"
     return f"{name:<17} ok"
 

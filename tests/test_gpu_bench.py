@@ -40,7 +40,9 @@ def test_dry_run_runs_every_section_and_writes_the_json(tmp_path):
     for name in ("stage2_qlora", "stage2_lora_bf16"):
         assert sections[name]["step_s"] > 0 and sections[name]["timed_steps"] >= 1
     assert sections["generation"]["batch1_tokens_per_s"] > 0 and sections["generation"]["batch4_tokens_per_s"] > 0
-    assert sections["fsdp2"]["processes"] == 1 and sections["fsdp2"]["loss"] > 0
+    for name in ("fsdp2", "fsdp2_qlora"):  # really sharded: two CPU processes over gloo
+        assert sections[name]["processes"] == 2 and sections[name]["loss"] > 0
+        assert "estimated memory per process (fsdp, 2 processes)" in sections[name]["estimate"]
     assert "stage1_encoder" in done.stdout and "target >= 300" in done.stdout  # the summary, targets beside figures
 
 
