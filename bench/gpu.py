@@ -72,7 +72,7 @@ class Size:
 
 FULL = Size(PHI2, TINYCLIP_61M, end_token_id=23893, images=512, stage1_batch=32, stage1_steps=25, stage2_batch=8,
             stage2_tokens=512, stage2_steps=6, warmup=3, new_tokens=64, generation_batches=(1, 32),
-            launch_timeout=240)
+            launch_timeout=150)
 TINY = Size(TINY_LLM, TINY_VIT, end_token_id=258, images=48, stage1_batch=8, stage1_steps=4, stage2_batch=2,
             stage2_tokens=96, stage2_steps=3, warmup=2, new_tokens=4, generation_batches=(1, 4), launch_timeout=120)
 TARGETS = {"stage1_samples_per_s": 300, "qlora_peak_gib": 16}
@@ -441,21 +441,28 @@ def main(argv=None) -> int:
         return 2
     quiet_libraries()
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "sections": {}}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="omnilm-gpu-") as tmp:
         bench = Bench(TINY if args.dry_run else FULL, Path(tmp), args.dry_run)
         for name in args.only or SECTIONS:
             result = run_section(name, bench)
             report["sections"][name] = result
             print(summary_line(name, result), flush=True)
-    failed = [name for name, result in report["sections"].items() if result["status"] == "failed"]
-    report["failed"] = failed
+            write_report(report, out)  # after every section: a run cut short keeps what it measured
+    report["done"] = True
+    text = write_report(report, out)
+    print(text)
+    print(f"wrote {out}; " + (f"FAILED: {', '.join(report['failed'])}" if report["failed"] else "no section failed"))
+    return 1 if report["failed"] else 0
+
+
+def write_report(report: dict, out: Path) -> str:
+    report["failed"] = [name for name, result in report["sections"].items() if result["status"] == "failed"]
     report["missing"] = [name for name, result in report["sections"].items() if result["status"] == "missing"]
     text = json.dumps(report, indent=1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
-    print(text)
-    print(f"wrote {args.out}; " + (f"FAILED: {', '.join(failed)}" if failed else "no section failed"))
-    return 1 if failed else 0
+    out.write_text(text)
+    return text
 
 
 if __name__ == "__main__":
