@@ -57,7 +57,7 @@ class MemoryEstimate:
 
 
 def _gib(num_bytes: int) -> str:
-    return f"{num_bytes / GIB:.2f} GiB"
+    return f"{num_bytes / GIB:.2f} GiB" if num_bytes >= GIB / 10 else f"{num_bytes / 2**20:.1f} MiB"
 
 
 def estimate_memory(model, *, batch_size: int, seq_len: int, strategy: str = "single", processes: int = 1,
