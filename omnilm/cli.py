@@ -328,6 +328,7 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # a line per file of every checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:

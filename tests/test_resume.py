@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import PreTrainedModel
 
 from omnilm.cli import main
+from omnilm.errors import OmniError
 from omnilm.model.build import load_pretrained
 from omnilm.model.checkpoint import DiskFull, atomic_folder, checkpoint_dirs
 from omnilm.training.loop import train
@@ -122,3 +123,12 @@ def test_disk_full_on_any_other_write_of_a_run_is_the_same_clear_error(tiny_data
     monkeypatch.setattr("omnilm.training.loop.plot_metrics", no_space)
     with pytest.raises(DiskFull, match=r"disk full while writing \S+run: [\d.]+[kMGT]?B free .* with --resume"):
         train(tiny_recipe(tiny_data, tmp_path, train={**FAST, "max_steps": 2}), progress=False)
+
+
+def test_a_checkpoint_from_before_save_state_is_refused_with_what_to_do(tiny_data, tmp_path):
+    recipe = tiny_recipe(tiny_data, tmp_path, train={**FAST, "max_steps": 4})
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, progress=False, callbacks=[stop_at(3)])
+    (tmp_path / "run" / "checkpoints" / "step-0000003" / "optimizer.pt").write_bytes(b"")  # the old layout's file
+    with pytest.raises(OmniError, match=r"step-0000003 was written by an older omnilm .* model.init_from=\S+run"):
+        train(recipe, progress=False, resume=True)

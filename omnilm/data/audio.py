@@ -11,13 +11,14 @@ import io
 import os
 import re
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
-import soundfile as sf
-import soxr
 
 from omnilm.errors import MediaError
+
+if TYPE_CHECKING:
+    import soundfile as sf
 
 # Every waveform inside omnilm is mono at this rate (Whisper's); a bare array in a Sample is too.
 SAMPLING_RATE = 16000
@@ -86,6 +87,8 @@ def _read_bytes(data: bytes, label: str, max_seconds: float | None) -> tuple[np.
 
 def _decode(f: BinaryIO, label: str, max_seconds: float | None) -> tuple[np.ndarray, int]:
     """-> ([N, 1] mono float32, rate)."""
+    import soundfile as sf  # here, not at import: training on images needs no audio libraries
+
     try:
         with sf.SoundFile(f) as snd:
             _check_header(snd, label, max_seconds)
@@ -162,6 +165,8 @@ def _finish(
     _check_not_random(data, label)
     mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]  # [N]
     if rate != sampling_rate:
+        import soxr
+
         mono = soxr.resample(mono, rate, sampling_rate, quality="HQ")
     return np.ascontiguousarray(mono, dtype=np.float32)
 

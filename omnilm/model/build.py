@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -107,6 +108,9 @@ def build_llm(cfg: LLMConfig, root: Path | None, device=None):
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
+            # FSDP shards only floating-point tensors: under it the packed 4-bit weights are stored as the
+            # compute dtype (QLoRA with FSDP), so they are sharded too instead of copied whole to every GPU.
+            **({"bnb_4bit_quant_storage": dtype} if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" else {}),
         )
         kwargs["device_map"] = {"": str(device or ("cuda" if torch.cuda.is_available() else "cpu"))}
     try:

@@ -26,14 +26,15 @@ class DiskFull(OmniError):
     """The disk filled up while saving; nothing half-written is left."""
 
 
-def trained_state_dict(model) -> dict[str, torch.Tensor]:
+def is_trained(model, name: str, param) -> bool:
     """Parameters that train in some stage: projectors always, whatever requires grad, and
     whatever came from `init_from` (a fine-tuned LLM stays in the runs that build on it)."""
-    return {
-        name: param.detach().to("cpu").contiguous()
-        for name, param in model.named_parameters()
-        if param.requires_grad or name.startswith("projectors.") or "lora_" in name or name in model.inherited
-    }
+    return param.requires_grad or name.startswith("projectors.") or "lora_" in name or name in model.inherited
+
+
+def trained_state_dict(model) -> dict[str, torch.Tensor]:
+    return {name: param.detach().to("cpu").contiguous()
+            for name, param in model.named_parameters() if is_trained(model, name, param)}
 
 
 def nbytes(obj) -> int:

@@ -1,7 +1,8 @@
-"""The one training loop every stage shares, on HF Accelerate (single process, DDP, multi-node).
+"""The one training loop every stage shares, on HF Accelerate: single process, DDP, FSDP2 or
+DeepSpeed ZeRO, one node or several (the accelerate launch configuration decides).
 
-Each optimizer step sees grad_accum micro-batches per process. Checkpoints hold the trained
-weights, optimizer, scheduler, each process's RNG and the micro-batch counter, so `resume`
+Each optimizer step sees grad_accum micro-batches per process. Checkpoints (training/checkpoints.py)
+hold the trained weights, optimizer, scheduler, each process's RNG and the micro-batch counter, so `resume`
 continues with the same data order and dropout masks and reaches the same weights as a run
 that was never stopped. The data order has its own generators; the global RNG is left to what
 the steps draw (dropout) and restored last, after everything that builds the run.
@@ -11,17 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import gather_object
-from safetensors.torch import save_file
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from tqdm import tqdm
 
@@ -30,22 +25,16 @@ from omnilm.data.feature_cache import open_recipe_cache
 from omnilm.errors import ConfigError, OmniError
 from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
 from omnilm.model.checks import check_against_model
-from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_folder, checkpoint_dirs, disk_full, is_disk_full,
-                                     load_trained_weights, nbytes, remove_stale_temps, save_trained_weights,
-                                     trained_state_dict)
+from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_save, checkpoint_dirs, disk_full, is_disk_full,
+                                     remove_stale_temps)
 from omnilm.training.batches import training_data
+from omnilm.training.checkpoints import TrainState, read_state, restore, save_checkpoint, trained_weights, track
+from omnilm.training.memory import GIB, estimate_memory, peak_allocated, strategy_of
 from omnilm.training.plot import plot_metrics
+from omnilm.training.sharding import build_device, make_accelerator, shard_units
 from omnilm.training.stages import apply_stage, component_of
 
 log = logging.getLogger("omnilm.training")
-
-
-@dataclass
-class TrainState:
-    step: int = 0  # optimizer steps done
-    micro: int = 0  # micro-batches done per process
-    samples: int = 0  # samples seen, all processes
-    skipped: int = 0  # bad samples skipped (data.skip_bad)
 
 
 @dataclass
@@ -98,8 +87,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
 
 def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunResult:
     cfg = recipe.train
-    accelerator = Accelerator(mixed_precision=mixed_precision(cfg.mixed_precision),
-                              gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(mixed_precision(cfg.mixed_precision), cfg.grad_accum)
     main = accelerator.is_main_process
     run_dir = Path(cfg.output_dir)
     existing = checkpoint_dirs(run_dir)
@@ -117,7 +105,7 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
         save_recipe(portable(recipe, run_dir), run_dir / RECIPE_FILE)
 
     torch.manual_seed(cfg.seed)
-    model, processor = build_model(recipe, device=accelerator.device)
+    model, processor = build_model(recipe, device=build_device(accelerator, recipe.model.llm.quantization))
     report = apply_stage(model, cfg.stage)
     if cfg.gradient_checkpointing:
         model.llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -127,18 +115,23 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
         log.info("stage %s\n%s", cfg.stage, report)
         log.info("%s", data.summary)
 
+    if main:
+        log.info("%s", estimate_memory(model, batch_size=cfg.batch_size, seq_len=recipe.data.max_length,
+                                       strategy=strategy_of(accelerator), processes=accelerator.num_processes,
+                                       gradient_checkpointing=cfg.gradient_checkpointing,
+                                       activation_bytes=2 if accelerator.mixed_precision in ("bf16", "fp16") else None))
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = lr_schedule(optimizer, cfg.warmup_steps, total_steps)
+    shard_units(model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    state, saved_rng = TrainState(), None
-    if resume and existing:
-        state, saved_rng = _restore(existing[-1], accelerator.unwrap_model(model), optimizer, scheduler)
-        if main:
-            log.info("resumed from %s at step %d", existing[-1].name, state.step)
+    track(accelerator, scheduler)
+    state = read_state(existing[-1]) if resume and existing else TrainState()
 
     loader = data.loader(start=state.micro)
-    if saved_rng is not None:
-        _set_rng_state(saved_rng[accelerator.process_index % len(saved_rng)])
+    if resume and existing:
+        restore(accelerator, model, existing[-1])
+        if main:
+            log.info("resumed from %s at step %d", existing[-1].name, state.step)
     metrics_file = run_dir / "metrics.jsonl"
     bar = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.stage}", unit="step",
                disable=not (progress and main), dynamic_ncols=True)
@@ -174,6 +167,9 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
                 record = {"step": state.step, "loss": sum(window_loss) / len(window_loss),
                           "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
                           "samples": state.samples, "skipped": state.skipped}
+                peak = peak_allocated(accelerator.device)
+                if peak is not None:  # the CUDA allocator's high-water mark so far, to set beside the estimate
+                    record["peak_memory_gib"] = round(peak / GIB, 3)
                 losses.append(record["loss"])
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
                                 sps=f"{record['samples_per_s']:.1f}")
@@ -182,19 +178,20 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
                         f.write(json.dumps(record) + "\n")
                 window_loss, window_samples, window_start = [], 0, time.perf_counter()
             if state.step % cfg.save_every == 0 and state.step < total_steps:
-                _save_checkpoint(accelerator, model, optimizer, scheduler, state, run_dir, cfg.keep_checkpoints)
+                save_checkpoint(accelerator, model, optimizer, state, run_dir, cfg.keep_checkpoints)
             for callback in callbacks:
                 callback(state, accelerator.unwrap_model(model))
     except KeyboardInterrupt:
         # Nothing is lost: keep what the last complete optimizer step produced.
         if state.micro % cfg.grad_accum == 0 and state.step > 0:
-            _save_checkpoint(accelerator, model, optimizer, scheduler, state, run_dir, cfg.keep_checkpoints)
+            save_checkpoint(accelerator, model, optimizer, state, run_dir, cfg.keep_checkpoints)
         bar.close()
         raise
     bar.close()
-    _save_checkpoint(accelerator, model, optimizer, scheduler, state, run_dir, cfg.keep_checkpoints)
+    save_checkpoint(accelerator, model, optimizer, state, run_dir, cfg.keep_checkpoints)
+    weights = trained_weights(accelerator, model)
     if main:
-        save_trained_weights(accelerator.unwrap_model(model), run_dir)
+        atomic_save(weights, run_dir / WEIGHTS)
         plot_metrics(metrics_file, run_dir / "loss.png", title=f"{cfg.stage}: {run_dir.name}")
         if state.skipped:
             log.warning("%d bad samples were skipped (data.skip_bad=true)", state.skipped)
@@ -207,60 +204,6 @@ def _loss(model, batch) -> torch.Tensor:
     if len(batch) == 0:  # every sample in it was skipped: a zero loss keeps DDP ranks in step
         return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
     return model(**batch.model_inputs()).loss
-
-
-def _save_checkpoint(accelerator, model, optimizer, scheduler, state: TrainState, run_dir: Path, keep: int):
-    accelerator.wait_for_everyone()
-    rng = gather_object([_rng_state()])  # every process's: each draws its own dropout masks
-    if accelerator.is_main_process:
-        final = run_dir / "checkpoints" / f"step-{state.step:07d}"
-        if not final.exists():
-            _write_checkpoint(final, trained_state_dict(accelerator.unwrap_model(model)),
-                              {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng},
-                              state)
-        for old in checkpoint_dirs(run_dir)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-
-
-def _write_checkpoint(final: Path, weights: dict, resumable: dict, state: TrainState) -> None:
-    """A checkpoint folder either exists whole or not at all; older ones go only after it exists."""
-    try:
-        with atomic_folder(final, nbytes(weights) + nbytes(resumable)) as tmp:
-            save_file(weights, str(tmp / WEIGHTS))
-            torch.save(resumable, tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps(state.__dict__))
-    except DiskFull as err:
-        kept = checkpoint_dirs(final.parent.parent)
-        raise DiskFull(f"{err} with --resume (from {kept[-1].name}, which is kept)" if kept else str(err)) from None
-
-
-def _restore(ckpt: Path, model, optimizer, scheduler) -> tuple[TrainState, list[dict]]:
-    """Weights, optimizer and scheduler now; the RNG states are returned, to be set last."""
-    load_trained_weights(model, ckpt)
-    saved = torch.load(ckpt / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    rng = saved["rng"]
-    if isinstance(rng, torch.Tensor):  # checkpoints from before per-process RNG states
-        rng = [{"torch": rng, "cuda": saved.get("cuda_rng")}]
-    return TrainState(**json.loads((ckpt / "state.json").read_text())), rng
-
-
-def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy": np.random.get_state(), "python": random.getstate()}
-
-
-def _set_rng_state(saved: dict) -> None:
-    torch.set_rng_state(saved["torch"])
-    if saved.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(saved["cuda"])
-    if saved.get("numpy") is not None:
-        np.random.set_state(saved["numpy"])
-    if saved.get("python") is not None:
-        random.setstate(saved["python"])
 
 
 __all__ = ["train", "TrainState", "RunResult"]

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+log = logging.getLogger("omnilm.training")
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -15,7 +18,11 @@ def plot_metrics(metrics_file: Path, out: Path, title: str = "training") -> Path
     records = read_metrics(metrics_file)
     if not records:
         return None
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:  # a bare GPU image may lack it; the metrics file holds the same numbers
+        log.warning("matplotlib is not installed: no %s (the numbers are in %s)", out.name, metrics_file)
+        return None
 
     matplotlib.use("Agg")  # files only; no display on servers
     import matplotlib.pyplot as plt

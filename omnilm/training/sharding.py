@@ -1,0 +1,48 @@
+"""The Accelerator a run trains under, and what FSDP2 needs to know about an OmniLM.
+
+`accelerate launch --config_file configs/accelerate/fsdp2.yaml` (or zero2/zero3.yaml) sets the
+strategy through the environment; the loop does not change with it."""
+from __future__ import annotations
+
+import os
+
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+
+def make_accelerator(mixed_precision: str, grad_accum: int) -> Accelerator:
+    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                              cpu=not torch.cuda.is_available())
+    if fsdp_requested() and accelerator.distributed_type == DistributedType.MULTI_CPU:
+        # Accelerate turns FSDP on only for accelerators, but torch's fully_shard also runs over gloo
+        # on CPUs: that is how the tests check the very path the GPUs take. Both shared states say so,
+        # as every AcceleratorState() made later copies the PartialState's.
+        PartialState().distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
+        accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    return accelerator
+
+
+def fsdp_requested() -> bool:
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def is_fsdp(accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def shard_units(model) -> None:
+    """FSDP wraps each module whose class the model lists in `_no_split_modules`: the LLM's
+    decoder layers (PhiDecoderLayer, LlamaDecoderLayer, ...). Everything else (encoders,
+    projectors, embeddings) shares the root unit, frozen and trained weights together."""
+    llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
+    model._no_split_modules = list(getattr(llm, "_no_split_modules", None) or [])
+
+
+def build_device(accelerator, quantization: str):
+    """Where to build the model. Under FSDP on the CPU, so no GPU ever holds the whole model:
+    fully_shard moves each process's shard to its GPU. NF4 weights are quantized as they reach
+    the GPU, so a 4-bit model is built there."""
+    if is_fsdp(accelerator) and quantization == "none":
+        return torch.device("cpu")
+    return accelerator.device
