@@ -46,7 +46,7 @@ def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.
 def start_from_llava(recipe: Recipe, base_dir: Path) -> Recipe:
     """A LLaVA checkpoint as model.init_from: its parts written into `base_dir` once (LLM, vision
     tower, projector weights) and a recipe built on them; any other recipe comes back as it is."""
-    from omnilm.model.llava_format import PROJECTOR_DIR, llava_config_of, llava_parts
+    from omnilm.model.llava_source import PROJECTOR_DIR, llava_config_of, llava_parts
 
     config = llava_config_of(recipe.model.init_from) if recipe.model.init_from else None
     if config is None:
@@ -203,7 +203,7 @@ def _has_random(recipe: Recipe) -> bool:
 
 
 def _from_llava(recipe: Recipe) -> bool:
-    from omnilm.model.llava_format import llava_config_of
+    from omnilm.model.llava_source import llava_config_of
 
     return bool(recipe.model.init_from) and llava_config_of(recipe.model.init_from) is not None
 

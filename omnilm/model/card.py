@@ -18,9 +18,9 @@ CARD = "README.md"
 
 def _hub_ids(*names) -> list[str]:
     """The names that are hub ids (not local folders): the card's base_model list."""
-    from omnilm.model.llava_format import _hub_id_shaped
+    from omnilm.model.llava_source import hub_id_shaped
 
-    return [n for n in names if n and not Path(n).exists() and _hub_id_shaped(n) and not n.startswith("zoo:")]
+    return [n for n in names if n and not Path(n).exists() and hub_id_shaped(n) and not n.startswith("zoo:")]
 
 
 def _last_metrics(source: Path | None) -> dict | None:

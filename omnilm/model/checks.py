@@ -33,7 +33,7 @@ def check_against_model(recipe: Recipe, root: Path | None = None) -> None:
     "./" paths. Recipes built in code have skipped load_recipe, so the value checks run again."""
     from omnilm.model.paths import resolve_path
 
-    from omnilm.model.llava_format import llava_config_of
+    from omnilm.model.llava_source import llava_config_of
 
     validate(recipe)
     model = recipe.model
@@ -65,7 +65,7 @@ def check_against_model(recipe: Recipe, root: Path | None = None) -> None:
 
 def check_llava_start(recipe: Recipe, llava) -> None:
     """A LLaVA checkpoint as model.init_from decides the LLM, the vision tower and the projector."""
-    from omnilm.model.llava_format import encoder_settings
+    from omnilm.model.llava_source import encoder_settings
 
     source = recipe.model.init_from
     if recipe.model.image is not None:
