@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
@@ -357,19 +358,30 @@ def launched(bench: Bench, config_name: str, qlora: bool = False) -> dict:
     save_recipe(run, recipe_file)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            str(ROOT / "configs" / "accelerate" / f"{config_name}.yaml"), "--num_processes", str(processes),
-           "--main_process_port", str(29600 + len(name))]
+           "--main_process_port", str(_free_port())]
     cmd += ["-m", "omnilm.cli", "train", str(recipe_file), "--quiet"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=bench.size.launch_timeout)
     seconds = time.perf_counter() - start
     output = done.stdout + done.stderr
-    if done.returncode != 0:
-        raise RuntimeError(f"accelerate launch exited {done.returncode}:\n{output[-4000:]}")
+    if done.returncode != 0:  # a failed rank's own error comes first, the launcher's summary last
+        raise RuntimeError(f"accelerate launch exited {done.returncode}:\n{_ends(output)}")
     metrics = [json.loads(line) for line in (Path(run.train.output_dir) / "metrics.jsonl").read_text().splitlines()]
     estimate = [line for line in output.splitlines() if "estimated memory per process" in line]
     return {"processes": processes, "seconds": _round(seconds, 1), "loss": metrics[-1]["loss"],
             "peak_gib": metrics[-1].get("peak_memory_gib"), "estimate": estimate[-1] if estimate else None}
+
+
+def _free_port() -> int:
+    """A port no other run is listening on (a fixed one collides with a launch still shutting down)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ends(text: str, keep: int = 3000) -> str:
+    return text if len(text) <= 2 * keep else f"{text[:keep]}\n[...]\n{text[-keep:]}"
 
 
 SECTIONS = {
