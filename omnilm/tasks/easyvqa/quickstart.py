@@ -11,7 +11,8 @@ and step counts filled in, then evaluates on test questions never seen in traini
   3. stage1    image projector (frozen LLM) learns to  quickstart-stage1.yaml
                describe each image ("blue rectangle")
   4. stage2    LoRA on every linear layer + projector:  quickstart-stage2.yaml
-               say what the image shows, then answer
+               say what the image shows, whether it shows the asked word
+               (yes/no questions), then answer
   5. typed     accuracy on typed test questions, the image before and after the question (the
                recipe reads both as one layout: data.media_first), beside two baselines
   6. speech    espeak-ng clips of every question (training voices and a held-out test voice)
