@@ -125,6 +125,8 @@ def test_easyvqa_source_rejects_bad_options():
         easyvqa(splt="test")
     with pytest.raises(ConfigError, match="spoken"):
         easyvqa(task="transcribe")
+    with pytest.raises(ConfigError, match="describe_first"):
+        easyvqa(check=True)
 
 
 def test_baselines_match_the_known_numbers():

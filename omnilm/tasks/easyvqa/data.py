@@ -114,6 +114,13 @@ def load_easyvqa(split: str) -> list[EasyVQAItem]:
     return items
 
 
+def named_words(question: str) -> dict[str, str | None]:
+    """The colour and the shape a question names: "what is the red shape?" -> {"color": "red", "shape": None}."""
+    words = set(re.findall(r"\w+", question))
+    return {kind: next(iter(words & answers), None) for kind, answers in (("color", COLOR_ANSWERS),
+                                                                         ("shape", SHAPE_ANSWERS))}
+
+
 def image_descriptions(items: list[EasyVQAItem]) -> dict[Path, str]:
     """Image -> "red circle", pieced together from the answers to its questions (easy-VQA has
     no captions; each image holds one shape of one colour). Images whose questions do not
@@ -122,8 +129,7 @@ def image_descriptions(items: list[EasyVQAItem]) -> dict[Path, str]:
     for it in items:
         found = facts.setdefault(it.image, {})
         words = set(re.findall(r"\w+", it.question))
-        named = {kind: next(iter(words & answers), None) for kind, answers in (("color", COLOR_ANSWERS),
-                                                                              ("shape", SHAPE_ANSWERS))}
+        named = named_words(it.question)
         if it.qtype != "yes/no":
             found[it.qtype] = it.answer  # "what color is the circle?" -> "red": also names the shape
             other = "shape" if it.qtype == "color" else "color"
@@ -166,8 +172,8 @@ def choose_layouts(layout: str, n: int, seed: int) -> list[str]:
 
 def asked_word(question: str) -> str | None:
     """The colour or shape a yes/no question asks about: "is there not a red shape?" -> "red"."""
-    words = re.findall(r"\w+", question)
-    return next((w for w in words if w in COLOR_ANSWERS or w in SHAPE_ANSWERS), None)
+    named = named_words(question)
+    return named["color"] or named["shape"]
 
 
 def checked_answer(item: EasyVQAItem, description: str) -> str:

@@ -15,7 +15,8 @@ from omnilm.tasks.easyvqa.report import scores
 
 EVAL_SEED = 0  # the fixed test sample: the same whatever --seed trains with
 LAYOUT_KEYS = {"image-first": "typed", "question-first": "typed_question_first"}  # results.json keys
-# The longest reply, "blue rectangle\nred: no\nno" and its end token, is 9 tokens.
+# The longest reply, "teal triangle\ntriangle: yes\nyes", is 10 tokens; its last line is whole
+# without the end token.
 REPLY_TOKENS = 10
 
 
@@ -32,7 +33,7 @@ def evaluate_run(run_dir: Path, sample_sets: dict, desc: str) -> dict:
     model, processor = load_pretrained(run_dir)
     out = {}
     for name, samples in sample_sets.items():
-        # Replies are "blue rectangle\nno" (stage 2 describes, then answers): the last line is scored.
+        # Replies are "blue rectangle\nred: no\nno" (stage 2 describes, checks, answers): the last line is scored.
         result = evaluate(model, processor, samples, "vqa", batch_size=64, max_new_tokens=REPLY_TOKENS, desc=f"{desc}: {name}",
                           answer="last-line")
         out[name] = (scores(result.scores["accuracy"], result.by_group, result.count)

@@ -77,6 +77,8 @@ def _checked(opts: dict) -> tuple[str, str]:
     task = opts.get("task", "vqa")
     if task not in TASKS:
         raise ConfigError(f"data.options.task: {task!r} is not one of {', '.join(TASKS)}")
+    if opts.get("check") and not opts.get("describe_first"):
+        raise ConfigError("data.options.check: needs describe_first: true (the check follows the description)")
     layout = opts.get("layout", "image-first")
     if layout not in (*LAYOUTS, MIXED):
         raise ConfigError(f"data.options.layout: {layout!r} is not one of {', '.join(LAYOUTS)}, {MIXED}")
