@@ -114,8 +114,6 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
     if main:
         log.info("stage %s\n%s", cfg.stage, report)
         log.info("%s", data.summary)
-
-    if main:
         log.info("%s", estimate_memory(model, batch_size=cfg.batch_size, seq_len=recipe.data.max_length,
                                        strategy=strategy_of(accelerator), processes=accelerator.num_processes,
                                        gradient_checkpointing=cfg.gradient_checkpointing,
