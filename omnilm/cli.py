@@ -348,15 +348,23 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not known.verbose:
         _quiet_libraries()
+    status = _run(known)
+    from omnilm.training.launched import exit_launched, is_launched
+
+    if is_launched():  # one rank of several: interpreter teardown can abort it (see launched.py)
+        exit_launched(status)
+    return status
+
+
+def _run(args) -> int:
     try:
-        status = known.func(known) or 0
+        return args.func(args) or 0
     except OmniError as err:
         print(f"omnilm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("omnilm: interrupted (the last complete checkpoint is kept; use --resume)", file=sys.stderr)
         return 130
-    return status
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Run by test_ddp.py under `accelerate launch` with 2 CPU processes; each rank saves its weights."""
+"""Run by test_ddp.py under `accelerate launch` with 2 CPU processes; each rank saves its weights.
+It ends as `omnilm train` does under a launcher (omnilm/training/launched.py)."""
 import sys
 
 import torch
 from safetensors.torch import save_file
 
 from omnilm.config import load_recipe
+from omnilm.training.launched import exit_launched
 from omnilm.training.loop import train
 
 recipe_file, data_json, image_dir, out_dir = sys.argv[1:5]
@@ -21,3 +23,4 @@ def dump(state, model):
 
 
 train(recipe, progress=False, callbacks=[dump])
+exit_launched(0)
