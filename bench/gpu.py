@@ -360,7 +360,8 @@ def launched(bench: Bench, config_name: str, qlora: bool = False) -> dict:
            str(ROOT / "configs" / "accelerate" / f"{config_name}.yaml"), "--num_processes", str(processes),
            "--main_process_port", str(_free_port())]
     cmd += ["-m", "omnilm.cli", "train", str(recipe_file), "--quiet"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "PYTHONFAULTHANDLER": "1"}  # a rank killed by a signal shows where
     start = time.perf_counter()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=bench.size.launch_timeout)
     seconds = time.perf_counter() - start
