@@ -5,14 +5,13 @@ shutdown: the finalizing interpreter ends any thread that asks for the GIL, and 
 thread inside a destructor calls std::terminate ("terminate called without an active
 exception", SIGABRT), after the rank's work is done. tests/test_launched.py shows it; two CI runs
 saw rank 1 of a two-process training run end with that message. A launched command that has
-finished its work therefore flushes its output, waits for its own Python threads and leaves
-with os._exit, skipping the teardown that races."""
+finished (its files written and closed) therefore flushes its output and leaves with
+os._exit, skipping the teardown that races."""
 from __future__ import annotations
 
 import logging
 import os
 import sys
-import threading
 from typing import NoReturn
 
 
@@ -25,9 +24,6 @@ def is_launched() -> bool:
 
 
 def exit_launched(status: int) -> NoReturn:
-    for thread in threading.enumerate():  # what Python would wait for at a normal exit
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
