@@ -5,6 +5,7 @@ strategy through the environment; the loop does not change with it."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 from accelerate import Accelerator, PartialState
@@ -37,6 +38,10 @@ def shard_units(model) -> None:
     projectors, embeddings) shares the root unit, frozen and trained weights together."""
     llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
     model._no_split_modules = list(getattr(llm, "_no_split_modules", None) or [])
+    # fully_shard warns, on every rank, that the model returns a view (the logits: the LM head's
+    # output reshaped), which an in-place op would cut from the backward all-gather. The loop only
+    # reads the loss and never edits an output.
+    warnings.filterwarnings("ignore", message=r"FSDP2-wrapped module \(\w+\) returned a view tensor")
 
 
 def build_device(accelerator, quantization: str):
