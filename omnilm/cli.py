@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import yaml
 
 from omnilm.errors import ConfigError, OmniError
+from omnilm.training.launched import exit_launched, is_launched
 
 
 def _recipe(args):
@@ -349,8 +350,6 @@ def main(argv: list[str] | None = None) -> int:
     if not known.verbose:
         _quiet_libraries()
     status = _run(known)
-    from omnilm.training.launched import exit_launched, is_launched
-
     if is_launched():  # one rank of several: interpreter teardown can abort it (see launched.py)
         exit_launched(status)
     return status
