@@ -58,10 +58,10 @@ def timed_train(recipe, warmup: int) -> float:
     """samples/s over the steps after `warmup`."""
     marks = []
 
-    def clock(state, model):
+    def clock(state, model):  # state.samples is summed over processes only at log steps: count steps
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        marks.append((time.perf_counter(), state.samples))
+        marks.append((time.perf_counter(), state.step * recipe.train.batch_size * recipe.train.grad_accum))
 
     train(recipe, progress=False, callbacks=[clock])
     (t0, s0), (t1, s1) = marks[warmup - 1], marks[-1]

@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml
 
-from omnilm.errors import ConfigError, OmniError
+from omnilm.errors import ConfigError, OmniError, TrainingStopped
 from omnilm.training.launched import exit_launched, is_launched
 
 
@@ -361,6 +361,9 @@ def _run(args) -> int:
     except OmniError as err:
         print(f"omnilm: error: {err}", file=sys.stderr)
         return 2
+    except TrainingStopped as stop:
+        print(f"omnilm: {stop}; continue with --resume", file=sys.stderr)
+        return 128 + stop.signum  # what a shell reports for a process the signal ended
     except KeyboardInterrupt:
         print("omnilm: interrupted (the last complete checkpoint is kept; use --resume)", file=sys.stderr)
         return 130

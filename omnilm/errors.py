@@ -1,4 +1,5 @@
 """User-facing errors. Each message names what is wrong (file, row, key) so it can be fixed."""
+import signal
 
 
 class OmniError(Exception):
@@ -23,3 +24,12 @@ class PlaceholderMismatch(OmniError):
 
 class MissingDependency(OmniError):
     """An optional package or system tool is needed; the message gives the install command."""
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """A run stopped on SIGINT or SIGTERM after saving its last complete step (a KeyboardInterrupt,
+    so callers that already handle Ctrl-C handle it too)."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name} after saving step {step}")
+        self.signum, self.step = signum, step

@@ -109,7 +109,7 @@ def test_fsdp2_stage2_resume_with_lora_dropout_is_bit_exact(tiny_data, stage1_ru
 def test_ddp_resume_is_bit_exact(tiny_data, stage1_run, tmp_path):
     launch("ddp", stage2_lora(tiny_data, stage1_run, tmp_path, "straight", dropout=0.1), tmp_path)
     stopped = stage2_lora(tiny_data, stage1_run, tmp_path, "stopped", dropout=0.1)
-    launch("ddp", stopped, tmp_path, "--stop-at", "3")
+    launch("ddp", stopped, tmp_path, "--sigterm-at", "3")  # rank 1 alone, as step 3 starts: both stop after it
     checkpoint = tmp_path / "stopped" / "checkpoints" / "step-0000003"
     assert {p.name for p in checkpoint.iterdir()} >= {"random_states_0.pkl", "random_states_1.pkl", "optimizer.bin"}
     assert not (checkpoint / "model.safetensors").exists()  # the frozen weights are not written again

@@ -78,22 +78,30 @@ class OmniLM(nn.Module):
             embeds = embeds.masked_scatter(positions.unsqueeze(-1), projected.to(embeds.dtype))
         return embeds
 
-    def forward(self, input_ids, attention_mask=None, labels=None, media=None, features=None, **llm_kwargs):
+    def forward(self, input_ids, attention_mask=None, labels=None, media=None, features=None,
+                num_items_in_batch=None, **llm_kwargs):
+        """With labels, the loss is the mean over learned tokens; with `num_items_in_batch` (the
+        learned tokens of the whole optimizer step, every micro-batch and process: transformers'
+        name) it is this batch's sum divided by that count, so micro-batches add up to the step's mean."""
         embeds = self.embed(input_ids, media, features)  # [B, T, D]
         if labels is not None and self.keeps_logits:
-            return self._loss_where_learned(embeds, attention_mask, labels, **llm_kwargs)
+            return self._loss_where_learned(embeds, attention_mask, labels, num_items_in_batch, **llm_kwargs)
+        if num_items_in_batch is not None:
+            llm_kwargs["num_items_in_batch"] = num_items_in_batch  # transformers' causal-LM loss divides by it
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
-    def _loss_where_learned(self, embeds, attention_mask, labels, **llm_kwargs):
-        """The same mean token loss as the LLM's own, with the LM head applied only at positions
-        that predict a learned token. With short answers after long prompts (and a large
-        vocabulary) most logits would be computed only to be ignored: on easy-VQA with SmolLM2
-        (49k vocabulary, 2 learned tokens of ~20) this cut a training step by about a fifth."""
+    def _loss_where_learned(self, embeds, attention_mask, labels, num_items_in_batch=None, **llm_kwargs):
+        """The LLM's own token loss, with the LM head applied only at positions that predict a
+        learned token. With short answers after long prompts (and a large vocabulary) most logits
+        would be computed only to be ignored: on easy-VQA with SmolLM2 (49k vocabulary, 2 learned
+        tokens of ~20) this cut a training step by about a fifth."""
         targets = labels[:, 1:]  # [B, T-1]: position t predicts token t+1
         keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # [K] positions any row learns at
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, **llm_kwargs)
         logits = out.logits  # [B, K, V]
-        out.loss = F.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(), ignore_index=IGNORE)
+        kept = targets[:, keep]  # [B, K]
+        total = F.cross_entropy(logits.flatten(0, 1).float(), kept.flatten(), ignore_index=IGNORE, reduction="sum")
+        out.loss = total / (num_items_in_batch if num_items_in_batch is not None else (kept != IGNORE).sum())
         return out
 
     @torch.no_grad()

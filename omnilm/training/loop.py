@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +19,9 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from tqdm import tqdm
 
 from omnilm.config import Recipe, save_recipe
+from omnilm.data.chat import IGNORE
 from omnilm.data.feature_cache import open_recipe_cache
-from omnilm.errors import ConfigError, OmniError
+from omnilm.errors import ConfigError, TrainingStopped
 from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
 from omnilm.model.checks import check_against_model
 from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_save, checkpoint_dirs, disk_full, is_disk_full,
@@ -33,6 +32,8 @@ from omnilm.training.memory import GIB, estimate_memory, peak_allocated, strateg
 from omnilm.training.plot import plot_metrics
 from omnilm.training.sharding import build_device, make_accelerator, shard_units
 from omnilm.training.stages import apply_stage, component_of
+from omnilm.training.stops import StopRequests
+from omnilm.training.window import StepWindow
 
 log = logging.getLogger("omnilm.training")
 
@@ -134,57 +135,51 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
     bar = tqdm(total=total_steps, initial=state.step, desc=f"train {cfg.stage}", unit="step",
                disable=not (progress and main), dynamic_ncols=True)
     model.train()
-    window_loss, window_samples, window_start = [], 0, time.perf_counter()
-    losses = []
+    window, losses = StepWindow(), []
+
+    def save():
+        window.read(accelerator, state, cfg.lr)  # the counts state.json holds, and no NaN saved
+        save_checkpoint(accelerator, model, optimizer, state, run_dir, cfg.keep_checkpoints)
+
     try:
-        for batch in loader:
-            batch = batch.to(accelerator.device)
-            with accelerator.accumulate(model):
-                loss = _loss(model, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.micro += 1
-            counts = accelerator.reduce(torch.tensor([len(batch), batch.skipped], device=accelerator.device), "sum")
-            state.samples += int(counts[0])
-            state.skipped += int(counts[1])
-            window_samples += int(counts[0])
-            window_loss.append(accelerator.reduce(loss.detach().float(), "mean").item())
-            if not math.isfinite(window_loss[-1]):  # NaN weights would be saved as if all went well
-                raise OmniError(f"training diverged: the loss is {window_loss[-1]} at step {state.step + 1}; "
-                                f"stopped without saving it (try a lower train.lr than {cfg.lr:g})")
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            state.step += 1
-            bar.update(1)
-            if state.step % cfg.log_every == 0 or state.step == total_steps:
-                elapsed = time.perf_counter() - window_start
-                record = {"step": state.step, "loss": sum(window_loss) / len(window_loss),
-                          "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / max(elapsed, 1e-9),
-                          "samples": state.samples, "skipped": state.skipped}
-                peak = peak_allocated(accelerator.device)
-                if peak is not None:  # the CUDA allocator's high-water mark so far, to set beside the estimate
-                    record["peak_memory_gib"] = round(peak / GIB, 3)
-                losses.append(record["loss"])
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
-                                sps=f"{record['samples_per_s']:.1f}")
-                if main:
-                    with metrics_file.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                window_loss, window_samples, window_start = [], 0, time.perf_counter()
-            if state.step % cfg.save_every == 0 and state.step < total_steps:
-                save_checkpoint(accelerator, model, optimizer, state, run_dir, cfg.keep_checkpoints)
-            for callback in callbacks:
-                callback(state, accelerator.unwrap_model(model))
-    except KeyboardInterrupt:
-        # Nothing is lost: keep what the last complete optimizer step produced.
-        if state.micro % cfg.grad_accum == 0 and state.step > 0:
-            save_checkpoint(accelerator, model, optimizer, state, run_dir, cfg.keep_checkpoints)
+        with StopRequests() as stops:
+            for micro_batches in optimizer_steps(loader, cfg.grad_accum):
+                window.add_step(_step(model, micro_batches, accelerator, optimizer, cfg.max_grad_norm))
+                state.micro += len(micro_batches)
+                window.samples += sum(len(b) for b in micro_batches)
+                window.skipped += sum(b.skipped for b in micro_batches)
+                scheduler.step()
+                state.step += 1
+                bar.update(1)
+                if state.step % cfg.log_every == 0 or state.step == total_steps:
+                    window.read(accelerator, state, cfg.lr)
+                    record = window.record(state, scheduler.get_last_lr()[0])
+                    peak = peak_allocated(accelerator.device)
+                    if peak is not None:  # the CUDA allocator's high-water mark so far, to set beside the estimate
+                        record["peak_memory_gib"] = round(peak / GIB, 3)
+                    losses.append(record["loss"])
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}",
+                                    sps=f"{record['samples_per_s']:.1f}")
+                    if main:
+                        with metrics_file.open("a") as f:
+                            f.write(json.dumps(record) + "\n")
+                if state.step % cfg.save_every == 0 and state.step < total_steps:
+                    save()
+                for callback in callbacks:
+                    callback(state, accelerator.unwrap_model(model))
+                signum = stops.agreed(accelerator)
+                if signum is not None and state.step < total_steps:
+                    save()
+                    raise TrainingStopped(signum, state.step)
+    except TrainingStopped:
         bar.close()
         raise
+    except KeyboardInterrupt:  # raised by a callback after its step, or a second signal mid-step
+        if state.micro % cfg.grad_accum == 0 and state.step > 0:  # at a step's end: keep it
+            save()
+        bar.close()
+        raise
+    window.read(accelerator, state, cfg.lr)
     bar.close()
     save_checkpoint(accelerator, model, optimizer, state, run_dir, cfg.keep_checkpoints)
     weights = trained_weights(accelerator, model)
@@ -198,10 +193,45 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
     return RunResult(run_dir, state, losses)
 
 
-def _loss(model, batch) -> torch.Tensor:
+def optimizer_steps(loader, grad_accum: int):
+    """The loader's micro-batches, grad_accum at a time: an optimizer step's are counted before
+    its first forward (a run starts at a step's first micro-batch, resumed or not)."""
+    micro_batches = []
+    for batch in loader:
+        micro_batches.append(batch)
+        if len(micro_batches) == grad_accum:
+            yield micro_batches
+            micro_batches = []
+
+
+def _step(model, micro_batches, accelerator, optimizer, max_grad_norm: float) -> torch.Tensor:
+    """One optimizer step: forward and backward of each micro-batch, then the update. Its loss is
+    the sum of every learned token's loss over all micro-batches and processes, divided by how many
+    there are; returns this process's share (a device tensor: reading it would wait for the device)."""
+    learned = sum(int((b.labels[:, 1:] != IGNORE).sum()) for b in micro_batches)  # host tensors: no device wait
+    # The step's learned tokens on every process: one all-reduce, read by the device only.
+    items = accelerator.reduce(torch.tensor(float(learned), device=accelerator.device), "sum").clamp(min=1)
+    # accelerate divides each micro-batch's loss by grad_accum and DDP/FSDP average gradients over
+    # processes; the token-weighted sum needs neither.
+    undo_means = accelerator.gradient_accumulation_steps * accelerator.num_processes
+    share = torch.zeros((), device=accelerator.device)
+    for batch in micro_batches:
+        batch = batch.to(accelerator.device)
+        with accelerator.accumulate(model):
+            loss = _loss(model, batch, items)
+            accelerator.backward(loss * undo_means)
+            if accelerator.sync_gradients and max_grad_norm > 0:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        share = share + loss.detach().float()
+    return share
+
+
+def _loss(model, batch, items) -> torch.Tensor:
     if len(batch) == 0:  # every sample in it was skipped: a zero loss keeps DDP ranks in step
         return sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
-    return model(**batch.model_inputs()).loss
+    return model(**batch.model_inputs(), num_items_in_batch=items).loss
 
 
 __all__ = ["train", "TrainState", "RunResult"]
