@@ -362,7 +362,8 @@ def _run(args) -> int:
         print(f"omnilm: error: {err}", file=sys.stderr)
         return 2
     except TrainingStopped as stop:
-        print(f"omnilm: {stop}; continue with --resume", file=sys.stderr)
+        again = "continue with --resume" if args.command == "train" else "run the same command again to continue"
+        print(f"omnilm: {stop}; {again}", file=sys.stderr)
         return 128 + stop.signum  # what a shell reports for a process the signal ended
     except KeyboardInterrupt:
         print("omnilm: interrupted (the last complete checkpoint is kept; use --resume)", file=sys.stderr)

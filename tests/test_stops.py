@@ -71,15 +71,17 @@ def test_a_signal_mid_step_saves_that_step_and_resumes_exactly(tiny_data, stage1
     assert_same(straight, load_file(str(resumed.run_dir / "weights.safetensors")))
 
 
-def test_a_second_signal_stops_at_once_and_the_last_checkpoint_stands(tiny_data, stage1_run, straight,  # noqa: F811
+def test_a_second_signal_stops_at_once_and_saves_nothing_of_the_step(tiny_data, stage1_run, straight,  # noqa: F811
                                                                        tmp_path, monkeypatch):
     recipe = lora_run(tiny_data, stage1_run, tmp_path, "stopped")
+    recipe.train.save_every = 100
     with monkeypatch.context() as patch:
         signals_at(patch, {5: signal.SIGTERM, 6: signal.SIGINT})
         with pytest.raises(KeyboardInterrupt) as stopped:
             train(recipe, progress=False)
     assert not isinstance(stopped.value, TrainingStopped)
-    assert [p.name for p in checkpoint_dirs(tmp_path / "stopped")] == ["step-0000002"]
+    # Step 2 is complete, but step 3's half has drawn dropout masks: a checkpoint now would not resume exactly.
+    assert checkpoint_dirs(tmp_path / "stopped") == []
     resumed = train(recipe, progress=False, resume=True)
     assert_same(straight, load_file(str(resumed.run_dir / "weights.safetensors")))
 

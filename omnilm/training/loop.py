@@ -136,6 +136,7 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
                disable=not (progress and main), dynamic_ncols=True)
     model.train()
     window, losses = StepWindow(), []
+    mid_step = False  # an interrupt in a step leaves its RNG draws half made: nothing of it may be saved
 
     def save():
         window.read(accelerator, state, cfg.lr)  # the counts state.json holds, and no NaN saved
@@ -144,12 +145,14 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
     try:
         with StopRequests() as stops:
             for micro_batches in optimizer_steps(loader, cfg.grad_accum):
+                mid_step = True
                 window.add_step(_step(model, micro_batches, accelerator, optimizer, cfg.max_grad_norm))
-                state.micro += len(micro_batches)
                 window.samples += sum(len(b) for b in micro_batches)
                 window.skipped += sum(b.skipped for b in micro_batches)
                 scheduler.step()
+                state.micro += len(micro_batches)
                 state.step += 1
+                mid_step = False
                 bar.update(1)
                 if state.step % cfg.log_every == 0 or state.step == total_steps:
                     window.read(accelerator, state, cfg.lr)
@@ -174,8 +177,8 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
     except TrainingStopped:
         bar.close()
         raise
-    except KeyboardInterrupt:  # raised by a callback after its step, or a second signal mid-step
-        if state.micro % cfg.grad_accum == 0 and state.step > 0:  # at a step's end: keep it
+    except KeyboardInterrupt:  # raised by a callback after its step, or by a second signal
+        if not mid_step and state.step > 0:
             save()
         bar.close()
         raise
