@@ -172,7 +172,8 @@ class StepClock:
             torch.cuda.synchronize()
         if self.estimate is None:
             self._first_step(model)
-        self.marks.append((time.perf_counter(), state.samples, self.tokens))
+        cfg = self.recipe.train  # state.samples is summed over processes only at log steps: count steps
+        self.marks.append((time.perf_counter(), state.step * cfg.batch_size * cfg.grad_accum, self.tokens))
 
     def _first_step(self, model):
         from omnilm.training.memory import estimate_memory
