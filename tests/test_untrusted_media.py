@@ -158,7 +158,8 @@ def test_web_app_still_reads_an_uploaded_png(ui_server, only_allowed_plugins):
     assert "event: complete" in stream, stream[-500:]
 
 
-@pytest.mark.parametrize("path", ["secret.txt", "../../etc/passwd", os.path.join(os.getcwd(), "README.md")])
+@pytest.mark.parametrize("path", ["secret.txt", "../../etc/passwd", os.path.join(os.getcwd(), "README.md")],
+                         ids=["relative", "dot-dot", "absolute"])
 def test_web_app_refusing_a_named_path_reveals_no_server_path(ui_server, path):
     with httpx.Client() as client:
         stream = call_ui(client, ui_server, {"path": path, "meta": FILE})
@@ -218,3 +219,15 @@ def test_a_request_has_no_placeholder_name(processor):
 @pytest.fixture(scope="module")
 def processor(engine):
     return engine.processor
+
+
+@pytest.mark.parametrize("content", [[{"type": "video", "video": Image.new("RGB", (4, 4))}], Image.new("RGB", (4, 4)),
+                                     [Image.new("RGB", (4, 4))]], ids=["unknown part", "not a list", "bare image"])
+def test_a_malformed_data_row_is_described_without_reprs(content):
+    from omnilm.config import DataConfig
+    from omnilm.data.hf_source import RowConverter
+
+    convert = RowConverter(DataConfig(source="hf", path="rows"), ["messages"])
+    with pytest.raises(DataError) as err:
+        convert({"messages": [{"role": "user", "content": content}]}, 0)
+    assert "object at 0x" not in str(err.value) and "<PIL" not in str(err.value), err.value
