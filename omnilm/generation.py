@@ -40,7 +40,7 @@ class GenerationConfig:
     top_k: int = 0  # 0 = off
     repetition_penalty: float = 1.0  # 1 = off; applies to generated tokens (the prompt is embeddings)
     stop: list[str] = field(default_factory=list)  # text ends before the first of these
-    seed: int | None = None  # makes sampling reproducible
+    seed: int | None = None  # makes sampling reproducible; one seed drives all rows of a batch
     use_cache: bool = True  # False: recompute everything each token (slow reference path)
     ignore_eos: bool = False  # always produce max_new_tokens (benchmarks)
 

@@ -241,8 +241,8 @@ class SpeechToText:
         """(the sample with text in place of its audio, what each audio said)."""
         markers = sum(len(self.MARKER.findall(m.content)) for m in sample.messages)
         if markers != len(sample.audios):
-            raise DataError(f"sample {sample.id or '?'}: {len(sample.audios)} audio inputs but {markers} "
-                            f"{AUDIO_TOKEN} markers in the text")
+            raise DataError(sample.about(f"{len(sample.audios)} audio inputs but {markers} {AUDIO_TOKEN} "
+                                         "markers in the text"))
         waves = [load_sample_audio(a, self.max_seconds) for a in sample.audios]
         texts = self.transcriber().transcribe_many(waves)
         queue = iter(texts)

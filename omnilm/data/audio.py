@@ -116,6 +116,8 @@ def _check_header(snd: sf.SoundFile, label: str, max_seconds: float | None) -> N
     if snd.frames >= UNKNOWN_LENGTH:
         raise MediaError(f"audio {label} does not say how long it is (a FLAC written as a stream?); "
                          "re-encode it, e.g. ffmpeg -i IN OUT.wav")
+    if snd.frames == 0:
+        raise MediaError(f"audio {label} has no audio data: its header declares 0 bytes of sound")
     if max_seconds is not None:
         _check_length(snd.frames, snd.samplerate, label, max_seconds)
     _check_declared_sizes(snd, label)

@@ -35,7 +35,7 @@ def check_data(recipe: Recipe, progress: bool = True) -> CheckReport:
         try:
             dataset.encode(sample)
         except DataError as err:
-            report.bad.append(describe_bad(sample, err))
+            report.bad.append(describe_bad(sample, err, index))
         else:
             report.good_ids.append(sample.id or f"#{index}")
     return report

@@ -16,10 +16,12 @@ log = logging.getLogger(__name__)
 GROUP = 50  # data.group_by_length sorts this many global batches at a time (as transformers' LengthGroupedSampler)
 
 
-def describe_bad(sample: Sample, err: DataError) -> str:
-    """'sample ID: reason'; a media error's reason names the file."""
-    name, reason = f"sample {sample.id or '?'}", str(err)
-    return reason if reason.startswith((name + ":", name + " ")) else f"{name}: {reason}"
+def describe_bad(sample: Sample, err: DataError, index: int | None = None) -> str:
+    """'sample ID: reason', or 'sample #INDEX: reason' for a sample without an id (the bare reason
+    when no index is given either: the caller names the row); a media error's reason names the file."""
+    reason = str(err)
+    name = f"sample {sample.id}" if sample.id else f"sample #{index}" if index is not None else None
+    return reason if name is None or reason.startswith(name + ":") else f"{name}: {reason}"
 
 
 class SampleDataset(Dataset):
@@ -50,7 +52,7 @@ class SampleDataset(Dataset):
             return
         self.named.add(index)
         if len(self.named) <= LOGGED_SKIPS:
-            log.warning("skipped %s", describe_bad(self.samples[index], err))
+            log.warning("skipped %s", describe_bad(self.samples[index], err, index))
         else:
             log.warning("more bad samples skipped: counted, not named (`omnilm data check RECIPE` lists them all)")
 

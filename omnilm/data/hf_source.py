@@ -148,7 +148,8 @@ class RowConverter:
         audios = [self._audio(x) for x in self._list(row, "audios")]
         messages = row[self.roles["messages"]]
         if not isinstance(messages, list) or not messages:
-            raise DataError(f"{self.roles['messages']} must be a non-empty list of messages, got {messages!r}")
+            raise DataError(f"{self.roles['messages']} must be a non-empty list of messages, got "
+                            f"{_kind(messages)}")
         parts_media = {"image": [], "audio": []}
         out = [Message(_role(m["role"]), self._content(m["content"], parts_media)) for m in messages]
         # Media given inside the parts come in part order, before any listed in the columns.
@@ -158,7 +159,7 @@ class RowConverter:
         if isinstance(content, str):
             return content
         if not isinstance(content, list):
-            raise DataError(f"message content must be text or a list of parts, got {content!r}")
+            raise DataError(f"message content must be text or a list of parts, got {_kind(content)}")
         text = []
         for part in content:
             kind = part.get("type") if isinstance(part, dict) else None
@@ -169,7 +170,8 @@ class RowConverter:
                     parts_media[kind].append(self._image(part[kind]) if kind == "image" else self._audio(part[kind]))
                 text.append(IMAGE_TOKEN if kind == "image" else AUDIO_TOKEN)
             else:
-                raise DataError(f"unknown content part {part!r} (use type text, image or audio)")
+                shown = f"type {kind!r}" if isinstance(part, dict) else _kind(part)
+                raise DataError(f"unknown content part ({shown}); use type text, image or audio")
         return "".join(text)
 
     def _list(self, row: dict, role: str) -> list:
@@ -238,3 +240,8 @@ def _check_markers(sample: Sample) -> None:
 
 
 __all__ = ["hf", "open_rows", "read_rows", "RowConverter"]
+
+
+def _kind(value) -> str:
+    """What a malformed value is, without its repr (bytes, decoded images: long, or an address)."""
+    return "an empty list" if isinstance(value, list) and not value else f"a {type(value).__name__}"

@@ -1,8 +1,10 @@
 """Reading images safely and turning them into normalized pixel tensors."""
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -16,12 +18,18 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # billions of pixels, or a 2,000,000 x 8 strip whose pixel count alone looks harmless.
 MAX_PIXELS = 64_000_000
 MAX_SIDE = 32_768
+# The only formats any image is decoded as (Pillow's format name -> how errors write it). No
+# other Pillow plugin is ever asked about a file: EPS would run Ghostscript on client bytes, and
+# TIFF, PSD, ICO... are parsers nobody's images need.
+IMAGE_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP", "GIF": "GIF", "BMP": "BMP"}
+ACCEPTED_IMAGES = ", ".join(IMAGE_FORMATS.values())
 
 
 def load_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, max_side: int = MAX_SIDE) -> Image.Image:
     """Path, bytes or PIL image -> RGB PIL image; unreadable input raises MediaError naming it.
 
-    The size is checked from the header, before any pixel is decoded.
+    Only IMAGE_FORMATS are tried, and the size is checked from the header, before any pixel is
+    decoded. Pillow gets a file object, never the path, so its messages name no file.
     """
     if isinstance(source, Image.Image):
         return source.convert("RGB")
@@ -29,11 +37,24 @@ def load_image(source, name: str | None = None, max_pixels: int = MAX_PIXELS, ma
     if isinstance(source, (str, Path)) and not Path(source).is_file():
         raise MediaError(f"image not found: {label}")
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+        with _opened(source) as fp, Image.open(fp, formats=list(IMAGE_FORMATS)) as img:
             _check_size(img.width, img.height, label, max_pixels, max_side)
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError:
+        # Pillow's own text here is "cannot identify image file <_io.BytesIO object at 0x...>".
+        raise MediaError(f"cannot read image {label}: not an image in an accepted format "
+                         f"(accepted: {ACCEPTED_IMAGES})") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise MediaError(f"cannot read image {label}: {err}") from None
+
+
+def _opened(source) -> contextlib.AbstractContextManager[BinaryIO]:
+    """A file object for Pillow: bytes wrapped, a path opened here, a file object as it is."""
+    if isinstance(source, bytes):
+        return io.BytesIO(source)
+    if isinstance(source, (str, Path)):
+        return open(source, "rb")
+    return contextlib.nullcontext(source)
 
 
 def _check_size(width: int, height: int, label: str, max_pixels: int, max_side: int) -> None:

@@ -16,7 +16,7 @@ from omnilm.data.audio import load_sample_audio
 from omnilm.data.chat import IGNORE, get_template, media_first, render
 from omnilm.data.images import load_image
 from omnilm.data.sample import Message, Sample, check_messages
-from omnilm.errors import DataError
+from omnilm.errors import DataError, MediaError
 from omnilm.model.components import ENCODERS
 from omnilm.model.projector import llm_tokens
 
@@ -80,9 +80,12 @@ class OmniProcessor:
                 continue
             if modality not in self.encoders:
                 hint = " and no transcriber (set model.transcriber)" if modality == "audio" else ""
-                raise DataError(f"sample {sample.id or '?'} has {modality} input but the model has no "
-                                f"{modality} encoder{hint}")
-            media[modality] = [self.encoders[modality].preprocess(self._read(modality, item)) for item in items]
+                raise DataError(sample.about(f"{modality} input was given, but the model has no "
+                                             f"{modality} encoder{hint}"))
+            try:
+                media[modality] = [self.encoders[modality].preprocess(self._read(modality, item)) for item in items]
+            except MediaError as err:
+                raise MediaError(sample.about(str(err))) from None
         return media, features
 
     def _read(self, modality: str, item):
@@ -115,16 +118,16 @@ class OmniProcessor:
         try:
             check_messages(sample.messages)
         except DataError as err:
-            raise DataError(f"sample {sample.id or '?'}: {err}") from None
+            raise DataError(sample.about(str(err))) from None
         sample, transcripts = self.transcribe(sample)
         ids, labels, media, features = self._render(sample, features, generation_prompt=False)
         if len(ids) > self.max_length:
             if any(i < 0 for i in ids[self.max_length:]):
-                raise DataError(f"sample {sample.id or '?'} is {len(ids)} tokens, over max_length={self.max_length}, "
-                                "and truncating it would cut media or the prompt")
+                raise DataError(sample.about(f"{len(ids)} tokens, over max_length={self.max_length}, and "
+                                             "truncating would cut media or the prompt"))
             ids, labels = ids[: self.max_length], labels[: self.max_length]
         if all(label == IGNORE for label in labels):
-            raise DataError(f"sample {sample.id or '?'} has no assistant tokens to learn")
+            raise DataError(sample.about("no assistant tokens to learn"))
         return Encoded(torch.tensor(ids), torch.tensor(labels), media, features, transcripts)
 
     def encode_prompt(self, sample: Sample, check_length: bool = True) -> Encoded:
@@ -132,15 +135,15 @@ class OmniProcessor:
 
         `check_length=False` leaves the length to the caller (the server explains its own limit)."""
         if not sample.messages or sample.messages[-1].role != "user":
-            raise DataError(f"sample {sample.id or '?'}: a prompt for generation must end with a user message")
+            raise DataError(sample.about("a prompt for generation must end with a user message"))
         sample, transcripts = self.transcribe(sample)
         ids, labels, media, features = self._render(sample, None, generation_prompt=True)
         if not ids:
-            raise DataError(f"sample {sample.id or '?'}: the prompt is empty (no text or media, and template "
-                            f"{self.template_name!r} adds none); send some text")
+            raise DataError(sample.about(f"the prompt is empty (no text or media, and template "
+                                         f"{self.template_name!r} adds none); send some text"))
         if check_length and len(ids) > self.max_length:
-            raise DataError(f"sample {sample.id or '?'} is {len(ids)} tokens, over max_length={self.max_length}, "
-                            "and truncating it would cut media or the prompt")
+            raise DataError(sample.about(f"{len(ids)} tokens, over max_length={self.max_length}, and "
+                                         "truncating would cut media or the prompt"))
         return Encoded(torch.tensor(ids), torch.tensor(labels), media, features, transcripts)
 
     def _render(self, sample: Sample, features: dict | None, generation_prompt: bool):
@@ -151,7 +154,7 @@ class OmniProcessor:
                                  generation_prompt=generation_prompt, add_bos=self.add_bos,
                                  special_tokens_in_text=self.allow_special_tokens)
         except DataError as err:
-            raise DataError(f"sample {sample.id or '?'}: {err}") from None
+            raise DataError(sample.about(str(err))) from None
         return ids, labels, media, features
 
     def decode(self, ids) -> str:

@@ -28,6 +28,11 @@ class Sample:
     id: str = ""
     meta: dict = field(default_factory=dict)  # e.g. question type for evaluation
 
+    def about(self, problem: str) -> str:
+        """'sample ID: problem'. A sample without an id (a server request) gets the bare problem:
+        its caller names it, and a placeholder would name nothing."""
+        return f"sample {self.id}: {problem}" if self.id else problem
+
 
 def check_messages(messages: list[Message]) -> None:
     """What a training conversation needs: text turns, and at least one assistant reply, none of

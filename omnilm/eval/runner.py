@@ -50,7 +50,7 @@ def split_prompt(sample: Sample) -> tuple[Sample, str]:
     """Sample -> (the prompt: every turn before the last assistant one, the reference text)."""
     last = max((i for i, m in enumerate(sample.messages) if m.role == "assistant"), default=None)
     if last is None or not any(m.role == "user" for m in sample.messages[:last]):
-        raise DataError(f"sample {sample.id or '?'}: needs a user turn followed by an assistant turn to score")
+        raise DataError(sample.about("needs a user turn followed by an assistant turn to score"))
     prompt = Sample(sample.messages[:last], sample.images, sample.audios, sample.id, sample.meta)
     return prompt, sample.messages[last].content
 

@@ -195,7 +195,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     # A client that waits for "100 Continue" has sent nothing yet: it can read the 413 right away.
     if seen or request.headers.get("expect", "").lower() != "100-continue":
         await _drain(pieces)
-    raise _too_large(max(size, seen), limit)
+    raise _too_large(size if size > limit else None, limit)
 
 
 async def _drain(pieces) -> None:
@@ -210,10 +210,13 @@ async def _drain(pieces) -> None:
         return
 
 
-def _too_large(size: int, limit: int) -> APIError:
+def _too_large(declared: int | None, limit: int) -> APIError:
+    """What was too large is the body as a whole: it is refused unparsed, so what filled it is unknown."""
+    size = f"is {declared} bytes, over" if declared is not None else "is over"
     # Connection: close, as the rest of the body may not all have been read.
-    return APIError(413, f"the request body is over {limit} bytes ({size} seen); send smaller or fewer images",
-                    code="request_too_large", headers={"Connection": "close"})
+    return APIError(413, f"the request body {size} this server's limit of {limit} bytes for the whole "
+                    "body (text, images and base64 audio together); send shorter text, fewer or smaller images, "
+                    "or shorter audio", code="request_too_large", headers={"Connection": "close"})
 
 
 def _install_error_handlers(app: FastAPI) -> None:

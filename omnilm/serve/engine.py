@@ -241,17 +241,24 @@ class Engine:
         job.encoded, job.transcripts, job.config = encoded, encoded.transcripts, config
 
     def _next_batch(self) -> list[_Job]:
-        """The oldest waiting request plus later ones with the same settings, up to max_batch_size."""
+        """The oldest waiting request plus later ones with the same settings, up to max_batch_size;
+        a seeded request alone (`_batch_size`)."""
         for job in [j for j in self._pending if j.handle is not None and j.handle.cancelled]:
             self._pending.remove(job)  # its client left while it waited
             self.stats["cancelled"] += 1
             self._release()
         if not self._pending:
             return []
-        key = _batch_key(self._pending[0].config)
-        batch = [j for j in self._pending if _batch_key(j.config) == key][: self.limits.max_batch_size]
+        first = self._pending[0].config
+        batch = [j for j in self._pending if _batch_key(j.config) == _batch_key(first)][: self._batch_size(first)]
         self._pending = [j for j in self._pending if j not in batch]
         return batch
+
+    def _batch_size(self, config: GenerationConfig) -> int:
+        """A seeded request runs alone: its reply then never depends on what arrived with it. In a
+        batch, one seed drives every row's draws and the batch's padding shifts its logits, so the
+        same request would get other text beside other requests."""
+        return 1 if config.seed is not None else self.limits.max_batch_size
 
     def _run_batch(self, batch: list[_Job]) -> None:
         started = time.monotonic()

@@ -73,7 +73,7 @@ def read_image_url(url, param: str, limits: Limits) -> Image.Image:
     try:
         return load_image(data, name=param, max_pixels=limits.max_image_pixels, max_side=limits.max_image_side)
     except MediaError as err:
-        raise bad_request(f"{err} (send PNG, JPEG, WebP, GIF or BMP bytes)", param, "invalid_image") from None
+        raise bad_request(str(err), param, "invalid_image") from None
 
 
 def fetch(url: str, param: str, limits: Limits, transport: httpx.AsyncBaseTransport | None = None) -> bytes:

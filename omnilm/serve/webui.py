@@ -11,10 +11,11 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
+from gradio.exceptions import InvalidPathError
 from PIL import Image, ImageDraw
 
 from omnilm.data.audio import SAMPLING_RATE, load_audio
-from omnilm.data.images import load_image
+from omnilm.data.images import ACCEPTED_IMAGES, load_image
 from omnilm.errors import OmniError
 from omnilm.generation import GenerationConfig
 from omnilm.serve.engine import Busy
@@ -30,15 +31,13 @@ def build_ui(state) -> tuple[gr.Blocks, list[str]]:
     engine, limits = state.engine, state.limits
     examples_dir = _example_files()
     takes_audio = state.audio_route != "none"
-    with gr.Blocks(title=f"omnilm: {state.model_name}", analytics_enabled=False) as demo:
+    with _ChatBlocks(title=f"omnilm: {state.model_name}", analytics_enabled=False) as demo:
         gr.Markdown(f"### omnilm chat: `{state.model_name}`\nAdd an image or audio, type a question, press Send.")
         chatbot = gr.Chatbot(label="Conversation", height=380, elem_id="chat")
         turns = gr.State([])
         with gr.Row():
-            # image_mode=None: gradio hands over the uploaded file undecoded, so load_image checks
-            # its size from the header before any pixel is decoded.
-            image = gr.Image(type="filepath", image_mode=None, label="Image", sources=["upload", "clipboard"],
-                             height=200, elem_id="image-input")
+            image = _UndecodedImage(type="filepath", label="Image", sources=["upload", "clipboard"], height=200,
+                                    elem_id="image-input")
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio (microphone or file)",
                              elem_id="audio-input", visible=takes_audio)
         text = gr.Textbox(label="Message", placeholder="Ask about the image…", lines=2, elem_id="message")
@@ -92,6 +91,35 @@ def build_ui(state) -> tuple[gr.Blocks, list[str]]:
         clear.click(lambda: ([], [], "", None, None), None, outputs)
     demo.queue(default_concurrency_limit=CONCURRENT_CHATS)
     return demo, [str(examples_dir)]
+
+
+class _ChatBlocks(gr.Blocks):
+    """The app's Blocks: a file a request names that was not uploaded through the app is refused
+    in our words. Gradio's own refusal prints the absolute path, and so the server's working
+    directory for a relative name."""
+
+    async def preprocess_data(self, *args, **kwargs):
+        try:
+            return await super().preprocess_data(*args, **kwargs)
+        except InvalidPathError:
+            raise gr.Error("A file in this request was not uploaded by a user through this app; "
+                           "add it with the app's image or audio input.") from None
+
+
+class _UndecodedImage(gr.Image):
+    """An image input whose upload reaches `respond` as its file, never opened by Gradio: Gradio
+    would hand it to every Pillow plugin, load_image only to the accepted formats (and checks
+    the size from the header before any pixel is decoded)."""
+
+    def get_block_name(self) -> str:
+        return "image"  # the page draws it as Gradio's own image input
+
+    def preprocess(self, payload) -> str | None:
+        if payload is None:
+            return None
+        if payload.path is None:
+            raise gr.Error(f"Upload the image as a file ({ACCEPTED_IMAGES}).")
+        return payload.path
 
 
 def _user_turn(state, message: str, image_path: str | None, audio_path: str | None) -> tuple[Turn, list[dict]]:
