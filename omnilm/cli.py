@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import yaml
 
 from omnilm.errors import ConfigError, OmniError
+from omnilm.extras import install_hint, missing_optional
 from omnilm.training.launched import exit_launched, is_launched
 
 
@@ -360,6 +361,11 @@ def _run(args) -> int:
         return args.func(args) or 0
     except OmniError as err:
         print(f"omnilm: error: {err}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as err:
+        if missing_optional(err) is None:
+            raise
+        print(f"omnilm: error: {install_hint(err.name, f'omnilm {args.command}')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("omnilm: interrupted (the last complete checkpoint is kept; use --resume)", file=sys.stderr)
