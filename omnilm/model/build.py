@@ -80,7 +80,7 @@ def materialize_random(recipe: Recipe, base_dir: Path) -> Recipe:
             model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **params))
             with atomic_folder(target, nbytes(model.state_dict())) as tmp:
                 model.save_pretrained(tmp)
-                load_tokenizer(llm.tokenizer or BYTES).save_pretrained(tmp)
+                load_tokenizer(resolve_path(llm.tokenizer, None) or BYTES).save_pretrained(tmp)  # zoo: names too
         llm.name_or_path, llm.random_config, llm.tokenizer = str(target), None, None
     for modality in ("image", "audio"):
         enc = getattr(recipe.model, modality)
