@@ -14,6 +14,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import yaml
 
 from omnilm.errors import ConfigError, OmniError, TrainingStopped
+from omnilm.extras import install_hint, missing_optional
 from omnilm.training.launched import exit_launched, is_launched
 
 
@@ -365,6 +366,11 @@ def _run(args) -> int:
         again = "continue with --resume" if args.command == "train" else "run the same command again to continue"
         print(f"omnilm: {stop}; {again}", file=sys.stderr)
         return 128 + stop.signum  # what a shell reports for a process the signal ended
+    except ModuleNotFoundError as err:
+        if missing_optional(err) is None:
+            raise
+        print(f"omnilm: error: {install_hint(err.name, f'omnilm {args.command}')}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("omnilm: interrupted (the last complete checkpoint is kept; use --resume)", file=sys.stderr)
         return 130

@@ -273,14 +273,25 @@ def load_recipe(path: str | Path | None = None, overrides: list[str] | dict | No
         if not path.is_file():
             raise ConfigError(f"recipe file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        require_a_section(data, path)
     if overrides:
         data = merge(data, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
     recipe = from_dict(Recipe, data)
     validate(recipe)
     return recipe
+
+
+def require_a_section(data, path: Path) -> None:
+    """An empty file (or one whose sections are all empty) would silently be "all defaults":
+    a run of microsoft/phi-2 on no data that the author never asked for."""
+    sections = [f.name for f in dataclasses.fields(Recipe)]
+    if data is None or isinstance(data, dict) and set(data) <= set(sections) and all(
+            value in (None, {}) for value in data.values()):
+        raise ConfigError(f"{path}: the recipe is empty; it needs at least one of the sections "
+                          f"{', '.join(sections)} (see configs/ for examples)")
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> None:

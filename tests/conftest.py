@@ -1,10 +1,28 @@
 """Shared fixtures: generated data in public formats and tiny random recipes."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see omnilm/cli.py
+
+# What a user's shell may carry that changes what the code under test does: hub mode and login,
+# visible GPUs, proxies. No test sees them; one that needs a value sets it (monkeypatch.setenv).
+# The offline zoo's converted weights stay where they are (~/.cache/omnilm or $OMNILM_CACHE).
+ISOLATED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_TOKEN",
+                "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_ENDPOINT", "HF_HUB_CACHE", "HF_DATASETS_CACHE",
+                "CUDA_VISIBLE_DEVICES", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
+                "http_proxy", "https_proxy", "all_proxy", "no_proxy")
+# Removed now as well as before each test: huggingface_hub and datasets read several of them once,
+# when first imported (huggingface_hub.constants.HF_HUB_OFFLINE), which is after this line.
+for _name in ISOLATED_ENV:
+    os.environ.pop(_name, None)
+# A hub home of our own, so a saved login (~/.cache/huggingface/token) never reaches a test.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="omnilm-tests-hf-home-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
 import pytest  # noqa: E402
 
@@ -32,6 +50,11 @@ def tiny_recipe(tiny_data, tmp_path, name: str = "tiny-stage1.yaml", **sections)
     return load_recipe(CONFIGS / name, overrides)
 
 
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch):
+    """Also gone if something set one since (a test, a subprocess helper, a library at import)."""
+    for name in ISOLATED_ENV:
+        monkeypatch.delenv(name, raising=False)
 
 
 # Skips that describe the machine, not a missing install step (e.g. a libsndfile build without mp3).

@@ -393,3 +393,56 @@ def test_omnilm_format_exports_get_a_model_card_too(tmp_path):
     card = (tmp_path / "mine" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: omnilm") and "omnilm chat --model mine" in card
     assert "projector `resblock`" in card and load_pretrained(tmp_path / "mine")[0] is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# a real BPE tokenizer (SmolLM2's, offline): segments tokenized apart vs the whole prompt at once
+
+SMOLLM2 = "zoo:smollm2-135m-instruct"
+TINY_SMOLLM2 = {**TINY_LLMS["llama"], "vocab_size": 49152, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2}
+SYSTEM = "You answer in one word."
+# words whose BPE merges across the places omnilm renders apart (turn edges, after the image, a space)
+QUESTIONS = [QUESTION, " leading space, trailing newline?\n", "colour\n\nof it? 12345 ünïcödé"]
+
+
+def chat_outputs_of_both(run, folder, question, system, new_tokens=6):
+    """(omnilm's prompt ids with LLaVA's image id, its greedy tokens), then transformers' pair, for one chat."""
+    model, processor = load_pretrained(run)
+    turns = [Message("system", system)] if system else []
+    sample = Sample([*turns, Message("user", f"<image>\n{question}")], images=[shape_image()])
+    encoded = processor.encode_prompt(sample)
+    ids = encoded.input_ids[None]
+    with torch.no_grad():
+        tokens = model.generate(ids, torch.ones_like(ids), media=encoded.media, max_new_tokens=new_tokens,
+                                do_sample=False)[0]
+    llava = LlavaForConditionalGeneration.from_pretrained(folder).eval()
+    llava_processor = AutoProcessor.from_pretrained(folder)
+    messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+    messages.append({"role": "user", "content": [{"type": "image", "image": shape_image()},
+                                                  {"type": "text", "text": question}]})
+    inputs = llava_processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True, return_tensors="pt")
+    with torch.no_grad():
+        llava_tokens = llava.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)
+    omnilm_ids = ids[0].masked_fill(ids[0] == PLACEHOLDER_IDS["image"], llava.config.image_token_index)
+    return (omnilm_ids.tolist(), tokens.tolist()), (inputs["input_ids"][0].tolist(),
+                                                    llava_tokens[0, inputs["input_ids"].shape[1]:].tolist())
+
+
+@pytest.fixture(scope="module")
+def smollm2_export(tmp_path_factory):
+    """A tiny random Llama with SmolLM2's real tokenizer and chat template + a tiny CLIP, exported."""
+    pytest.importorskip("gguf", reason="pip install --no-deps gguf==0.19.0 (the zoo's SmolLM2 conversion)")
+    root = tmp_path_factory.mktemp("smollm2")
+    run = tiny_run(root / "run", llm=TINY_SMOLLM2, image={"random_config": TINY_CLIP, "end_token_id": None},
+                   template="chat", tokenizer=SMOLLM2)
+    export(*load_pretrained(run), root / "llava", "llava")
+    return run, root / "llava"
+
+
+@pytest.mark.parametrize("system", [None, SYSTEM], ids=["no-system", "system"])
+@pytest.mark.parametrize("question", QUESTIONS, ids=["question", "spaces", "newlines-digits-unicode"])
+def test_smollm2s_real_tokenizer_gives_the_same_ids_and_answer_both_ways(smollm2_export, question, system):
+    (ids, tokens), (llava_ids, llava_tokens) = chat_outputs_of_both(*smollm2_export, question, system)
+    assert llava_ids == ids
+    assert llava_tokens == tokens

@@ -73,10 +73,29 @@ CASES = [  # (id, recipe, overrides, what the error must say)
      r"model\.image\.type 'vit': not an encoder type; choose one of clip \(image\), siglip \(image\)"),
     ("pool_grid_on_clip", STAGE1, ["--model.image.pool_grid=2"],
      r"model\.image\.pool_grid: for efficientnet_lite0 encoders only, not clip"),
+    # issue 20: accepted as all defaults (microsoft/phi-2), or reported as an image path / the hub
+    ("empty_recipe", "empty", [], r"empty\.yaml: the recipe is empty; it needs at least one of the sections "
+     r"model, data, train"),
+    ("only_empty_sections", "sections-empty", [], r"sections-empty\.yaml: the recipe is empty"),
     # a wrong path was reported as a malformed hub id
     ("model_path_missing", STAGE2, ["--model.llm.name_or_path={tmp}/no-such-run/base/llm"],
      r"model\.llm\.name_or_path '.*no-such-run/base/llm': no such local file or folder, and not a Hugging Face "
      r"hub id"),
+]
+
+
+MEDIA_FOLDER_CASES = [  # (id, recipe, overrides, the one line): issue 20, they named an image path, not the setting
+    ("image_dir_missing", STAGE1, ["--data.image_dir="],
+     r"image 000000000000\.jpg is not in .*/coco/annotations, the folder of data\.path \(data\.image_dir is not "
+     r"set\); set data\.image_dir to the folder that holds the images"),
+    ("image_dir_wrong", STAGE1, ["--data.image_dir={tmp}"],
+     r"image 000000000000\.jpg is not in data\.image_dir \(.*\); set data\.image_dir to the folder that holds the "
+     r"images"),
+    ("image_dir_not_a_folder", STAGE1, ["--data.image_dir={tmp}/no-such-folder"],
+     r"data\.image_dir: no such folder: .*/no-such-folder"),
+    ("llava_image_dir_missing", STAGE2, ["--data.image_dir="],
+     r"image 000000000000\.jpg is not in .*/llava, the folder of data\.path \(data\.image_dir is not set\); set "
+     r"data\.image_dir to the folder that holds the images"),
 ]
 
 
@@ -92,6 +111,10 @@ def recipe_args(name, tiny_data, stage1_base, tmp_path) -> list[str]:
                 f"--model.llm.name_or_path={stage1_base.llm.name_or_path}",
                 f"--model.image.name_or_path={stage1_base.image.name_or_path}", "--model.init_from="]
     recipe = STAGE1
+    if name in ("empty", "sections-empty"):
+        recipe = tmp_path / f"{name}.yaml"
+        recipe.write_text("# nothing set yet\n" if name == "empty" else "model:\ndata: {}\n")
+        return [str(recipe)]
     if name == "train-as-list":  # "train:" written as a YAML list: a dotted override used to discard it
         data = yaml.safe_load(STAGE1.read_text())
         data["train"] = [{key: value} for key, value in data["train"].items()]
@@ -112,6 +135,39 @@ def test_bad_recipe_is_one_line_naming_the_key_before_any_weights(recipe, overri
     assert last.startswith("omnilm: error: ")
     assert re.search(message, last), last
     assert not run.exists()  # stopped before the run folder, base models or any weights were written
+
+
+@pytest.mark.parametrize("recipe, overrides, message", [c[1:] for c in MEDIA_FOLDER_CASES],
+                         ids=[c[0] for c in MEDIA_FOLDER_CASES])
+def test_a_wrong_media_folder_is_one_line_naming_the_setting(recipe, overrides, message, tiny_data, stage1_base,
+                                                             tmp_path, capsys):
+    args = [*recipe_args(recipe, tiny_data, stage1_base, tmp_path), *(o.format(tmp=tmp_path) for o in overrides)]
+    assert main(["data", "check", "--quiet", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.fullmatch(f"omnilm: error: {message}", err), err
+
+
+NOT_ON_DISK_CASES = [  # issue 20: a name that is no folder, without random_config, got the hub's connection error
+    ("model.llm", ["--model.llm.random_config="], "tiny-phi"),
+    ("model.image", ["--model.image.random_config=", "--model.image.name_or_path=my-clip"], "my-clip"),
+]
+
+
+@pytest.mark.parametrize("section, overrides, name", NOT_ON_DISK_CASES, ids=[c[0] for c in NOT_ON_DISK_CASES])
+def test_a_name_neither_on_disk_nor_on_the_hub_names_the_key_and_random_config(section, overrides, name, tiny_data,
+                                                                              stage1_base, tmp_path, capsys,
+                                                                              monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # as on an offline cluster: no wait for the network
+    run = tmp_path / "run"
+    args = [*recipe_args(STAGE1, tiny_data, stage1_base, tmp_path), *SHORT, f"--train.output_dir={run}"]
+    assert main(["train", *args, *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"omnilm: error: {re.escape(section)}\.name_or_path '{name}': no such local file or folder, "
+                        r"and the Hugging Face hub cannot give it \([^()]+\); point it at a folder of weights, or set "
+                        rf"{re.escape(section)}\.random_config for random weights", err.splitlines()[-1]), err
+    assert not run.exists()
 
 
 def test_checks_accept_the_shipped_tiny_recipes_and_leave_the_rng_alone(tiny_data, stage1_base, tmp_path):

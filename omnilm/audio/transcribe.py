@@ -23,7 +23,8 @@ import numpy as np
 
 from omnilm.data.audio import SAMPLING_RATE, load_sample_audio
 from omnilm.data.sample import AUDIO_TOKEN, Message, Sample
-from omnilm.errors import DataError, MediaError, MissingDependency, OmniError
+from omnilm.errors import DataError, MediaError, OmniError
+from omnilm.extras import require
 
 CHUNK_SECONDS = 30.0
 # How far back from a chunk's 30 s end to look for a quiet place to cut.
@@ -112,7 +113,7 @@ class CTranslate2Transcriber(Transcriber):
         back to on a CPU for fp16 weights anyway, said up front so it warns about nothing.
         `threads` 0 lets CTranslate2 choose.
         """
-        ctranslate2 = _require("ctranslate2", "pip install ctranslate2==4.8.5")
+        ctranslate2 = require("ctranslate2", "the ctranslate2 transcriber backend")
         from tokenizers import Tokenizer
         from transformers import WhisperFeatureExtractor
 
@@ -249,11 +250,3 @@ class SpeechToText:
         messages = [Message(m.role, self.MARKER.sub(lambda _: next(queue), m.content)) for m in sample.messages]
         return Sample(messages, list(sample.images), [], sample.id, dict(sample.meta)), texts
 
-
-def _require(module: str, install: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise MissingDependency(f"the {module} package is needed here: {install}") from err

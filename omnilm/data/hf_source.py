@@ -25,6 +25,7 @@ from omnilm.data.rows import Loaded, RowCollector
 from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.data.sources import _role
 from omnilm.errors import ConfigError, DataError
+from omnilm.extras import require
 
 BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".json": "json", ".jsonl": "json", ".tar": "webdataset"}
 LAYOUT_COLUMNS = {
@@ -62,8 +63,7 @@ def read_rows(stream, cfg: DataConfig):
 
 def open_rows(cfg: DataConfig):
     """The configured split as a datasets.IterableDataset whose media columns stay undecoded."""
-    import datasets
-
+    datasets = require("datasets", "data.source: hf")
     if not cfg.path:
         raise ConfigError("data.path must be set for data.source=hf (a hub id, file, folder or glob)")
     try:

@@ -53,6 +53,36 @@ def _not_utf8(raw: bytes, err: UnicodeDecodeError) -> str:
     return f"not UTF-8 text: byte 0x{raw[err.start]:02x} at byte {where}"
 
 
+def _media_dir(cfg: DataConfig, key: str, path: Path) -> Path:
+    """The folder relative paths of data.image_dir / data.audio_dir resolve against (default: beside data.path)."""
+    value = getattr(cfg, key)
+    if value is None:
+        return path.parent
+    if not Path(value).is_dir():
+        raise ConfigError(f"data.{key}: no such folder: {value}")
+    return Path(value)
+
+
+PROBED_MEDIA = 8  # a folder holding none of the first few files is the wrong folder, not a few bad rows
+
+
+def _media_found(loaded: Loaded, cfg: DataConfig, path: Path) -> Loaded:
+    """Refuse a media folder that holds none of the data's first files, naming the setting, instead
+    of training until the first image is read and failing on its path."""
+    for key, kind in (("image_dir", "images"), ("audio_dir", "audios")):
+        if kind == "images" and cfg.feature_cache is not None:
+            continue  # the images' features are read from the cache instead
+        folder = _media_dir(cfg, key, path)
+        first = [Path(item) for sample in loaded.samples for item in getattr(sample, kind)
+                 if Path(item).is_relative_to(folder)][:PROBED_MEDIA]
+        if first and not any(item.exists() for item in first):
+            where = (f"data.{key} ({folder})" if getattr(cfg, key) is not None
+                     else f"{folder}, the folder of data.path (data.{key} is not set)")
+            raise ConfigError(f"{kind[:-1]} {first[0].relative_to(folder)} is not in {where}; "
+                              f"set data.{key} to the folder that holds the {kind}")
+    return loaded
+
+
 def _resolve(base: Path, value) -> str:
     if not isinstance(value, str) or not value:
         raise DataError(f"media path must be a non-empty string, got {value!r}")
@@ -68,7 +98,7 @@ def coco_captions(cfg: DataConfig) -> Loaded:
         raise DataError(f"{path}: not a COCO captions file (needs 'images' and 'annotations')")
     if not isinstance(data["images"], list) or not isinstance(data["annotations"], list):
         raise DataError(f"{path}: 'images' and 'annotations' must be lists")
-    image_dir = Path(cfg.image_dir or path.parent)
+    image_dir = _media_dir(cfg, "image_dir", path)
     files = _coco_files(data["images"])
     rows = RowCollector(cfg)
     for i, ann in enumerate(data["annotations"]):
@@ -87,7 +117,7 @@ def coco_captions(cfg: DataConfig) -> Loaded:
             )
 
         rows.add(f"{path} annotation #{i}", make)
-    return rows.out
+    return _media_found(rows.out, cfg, path)
 
 
 def _coco_files(images: list) -> dict:
@@ -116,7 +146,7 @@ def llava_instruct(cfg: DataConfig) -> Loaded:
     data = _read_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of conversations")
-    image_dir = Path(cfg.image_dir or path.parent)
+    image_dir = _media_dir(cfg, "image_dir", path)
     rows = RowCollector(cfg)
     for i, row in enumerate(data):
         def make(row=row, i=i):
@@ -133,7 +163,7 @@ def llava_instruct(cfg: DataConfig) -> Loaded:
             return Sample(messages=messages, images=images, id=str(row.get("id", i)))
 
         rows.add(f"{path} row #{i}", make)
-    return rows.out
+    return _media_found(rows.out, cfg, path)
 
 
 def jsonl_messages(cfg: DataConfig) -> Loaded:
@@ -141,7 +171,7 @@ def jsonl_messages(cfg: DataConfig) -> Loaded:
     {"type": "text", "text"}, {"type": "image", "image": path}, {"type": "audio", "audio": path}.
     Media may also be listed in top-level "images"/"audios" with markers in the text."""
     path = _require_file(cfg.path, "data.path")
-    image_dir, audio_dir = Path(cfg.image_dir or path.parent), Path(cfg.audio_dir or path.parent)
+    image_dir, audio_dir = _media_dir(cfg, "image_dir", path), _media_dir(cfg, "audio_dir", path)
     rows = RowCollector(cfg)
     for number, row in _iter_jsonl(path):
         def make(row=row, number=number):
@@ -160,7 +190,7 @@ def jsonl_messages(cfg: DataConfig) -> Loaded:
             return Sample(messages=messages, images=images, audios=audios, id=str(row.get("id", number)))
 
         rows.add(f"{path} line {number}", make)
-    return rows.out
+    return _media_found(rows.out, cfg, path)
 
 
 def _part(part: dict, image_dir: Path, audio_dir: Path, images: list, audios: list) -> str:
@@ -179,7 +209,7 @@ def _part(part: dict, image_dir: Path, audio_dir: Path, images: list, audios: li
 def asr_manifest(cfg: DataConfig) -> Loaded:
     """ASR manifest JSONL: {"audio": path, "text": transcript} (LibriSpeech/Common Voice style)."""
     path = _require_file(cfg.path, "data.path")
-    audio_dir = Path(cfg.audio_dir or path.parent)
+    audio_dir = _media_dir(cfg, "audio_dir", path)
     prompt = cfg.prompt or "\nTranscribe:"
     rows = RowCollector(cfg)
     for number, row in _iter_jsonl(path):
@@ -196,7 +226,7 @@ def asr_manifest(cfg: DataConfig) -> Loaded:
             )
 
         rows.add(f"{path} line {number}", make)
-    return rows.out
+    return _media_found(rows.out, cfg, path)
 
 
 def hf_datasets(cfg: DataConfig) -> Loaded:

@@ -23,6 +23,7 @@ from omnilm.data.dataset import SampleDataset, describe_bad
 from omnilm.data.rows import LOGGED_SKIPS, describe_row_error
 from omnilm.data.sample import check_messages
 from omnilm.errors import DataError
+from omnilm.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,9 @@ class StreamedBatches(IterableDataset):
 
     def rows(self):
         """(where, make sample) for each row of this process's stream, epoch after epoch."""
-        from datasets.distributed import split_dataset_by_node
-
         from omnilm.data.hf_source import RowConverter, open_rows, read_rows
+
+        split_dataset_by_node = require("datasets.distributed", "data.streaming").split_dataset_by_node
 
         stream = open_rows(self.cfg)
         if self.cfg.limit is not None:

@@ -13,7 +13,8 @@ import string
 from collections import defaultdict
 from typing import Hashable, Sequence
 
-from omnilm.errors import DataError, MissingDependency
+from omnilm.errors import DataError
+from omnilm.extras import require
 
 # VQA's answer normalization maps spelled-out numbers to digits so "two" matches "2".
 _NUMBER_WORDS = {
@@ -116,18 +117,9 @@ def _caption_inputs(
 
 
 def _coco_scorer(name: str):
-    try:
-        if name == "bleu":
-            from pycocoevalcap.bleu.bleu import Bleu
-
-            return Bleu(4)
-        from pycocoevalcap.cider.cider import Cider
-
-        return Cider()
-    except ImportError as e:
-        raise MissingDependency(
-            "caption metrics need pycocoevalcap: pip install pycocoevalcap==1.2"
-        ) from e
+    if name == "bleu":
+        return require("pycocoevalcap.bleu.bleu", "caption metrics").Bleu(4)
+    return require("pycocoevalcap.cider.cider", "caption metrics").Cider()
 
 
 def bleu4(predictions: Sequence[str], references_list: Sequence[Sequence[str]]) -> float:
@@ -154,10 +146,7 @@ def word_error_rate(predictions: Sequence[str], references: Sequence[str]) -> fl
     """Corpus WER (all word errors / all reference words) after lowercasing and removing
     punctuation, so "Hello, world." and "hello world" match. Can exceed 1 with insertions."""
     _check_lengths(predictions, references, "word_error_rate")
-    try:
-        import jiwer
-    except ImportError as e:
-        raise MissingDependency("word_error_rate needs jiwer: pip install jiwer==4.0.0") from e
+    jiwer = require("jiwer", "word_error_rate")
     refs = [_normalize_words(r) for r in references]
     hyps = [_normalize_words(p) for p in predictions]
     if not any(refs):

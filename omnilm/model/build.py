@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from omnilm.config import EncoderConfig, LLMConfig, ProjectorConfig, Recipe, load_recipe, validate
 from omnilm.data.processor import OmniProcessor
 from omnilm.errors import ConfigError, OmniError
+from omnilm.extras import require
 from omnilm.model.checkpoint import atomic_folder, load_trained_weights, nbytes, weights_file
 from omnilm.model.checks import check_against_model, check_llava_start
 from omnilm.model.components import ENCODERS
@@ -79,7 +80,7 @@ def materialize_random(recipe: Recipe, base_dir: Path) -> Recipe:
             model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **params))
             with atomic_folder(target, nbytes(model.state_dict())) as tmp:
                 model.save_pretrained(tmp)
-                load_tokenizer(llm.tokenizer or BYTES).save_pretrained(tmp)
+                load_tokenizer(resolve_path(llm.tokenizer, None) or BYTES).save_pretrained(tmp)  # zoo: names too
         llm.name_or_path, llm.random_config, llm.tokenizer = str(target), None, None
     for modality in ("image", "audio"):
         enc = getattr(recipe.model, modality)
@@ -103,6 +104,7 @@ def build_llm(cfg: LLMConfig, root: Path | None, device=None):
     if cfg.quantization == "nf4":
         from transformers import BitsAndBytesConfig
 
+        require("bitsandbytes", "model.llm.quantization: nf4")  # before transformers' own longer error
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",

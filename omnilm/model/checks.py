@@ -18,6 +18,7 @@ from huggingface_hub.utils import validate_repo_id
 from torch import nn
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, PreTrainedConfig
 from transformers.pytorch_utils import Conv1D
+from transformers.utils import CONFIG_NAME, cached_file
 
 from omnilm.config import EncoderConfig, LLMConfig, LoraConfig, Recipe, validate
 from omnilm.errors import ConfigError, OmniError
@@ -56,7 +57,7 @@ def check_against_model(recipe: Recipe, root: Path | None = None) -> None:
             if enc.random_config is not None:
                 check_random_encoder(enc, f"model.{modality}", model.seed)
             else:
-                require_source(resolve_path(enc.name_or_path, root), f"model.{modality}.name_or_path")
+                require_fetchable(resolve_path(enc.name_or_path, root), f"model.{modality}")
         if model.llm.lora is not None:
             check_lora(model.llm.lora, llm)
     if model.init_from and llava is None and not Path(resolve_path(model.init_from, root)).exists():
@@ -88,6 +89,26 @@ def require_source(value: str | None, key: str) -> None:
                           "(name or namespace/name) either") from None
 
 
+def require_fetchable(value: str | None, section: str) -> None:
+    """A section's name_or_path is a local file or folder, or a hub id whose config the hub gives now."""
+    require_source(value, f"{section}.name_or_path")
+    if value is not None and not Path(value).exists():
+        try:
+            cached_file(value, CONFIG_NAME)
+        except OSError as err:
+            raise not_fetched(err, value, section) from None
+
+
+def not_fetched(err: Exception, value: str, section: str) -> OmniError:
+    """Why a name_or_path could not be loaded; a name that is not local was meant for the hub (or
+    was a missing folder, or random_config was forgotten): say so, not just how the hub failed."""
+    if Path(value).exists():
+        return OmniError(f"cannot load {section} {value!r}: {_one_line(err)}")
+    return ConfigError(f"{section}.name_or_path {value!r}: no such local file or folder, and the Hugging Face hub "
+                       f"cannot give it ({_one_line(err).split('. ')[0]}); point it at a folder of weights, or set "
+                       f"{section}.random_config for random weights")
+
+
 def llm_config(cfg: LLMConfig, root: Path | None) -> PreTrainedConfig:
     from omnilm.model.paths import resolve_path
 
@@ -97,7 +118,7 @@ def llm_config(cfg: LLMConfig, root: Path | None) -> PreTrainedConfig:
         try:
             return AutoConfig.from_pretrained(path, **({"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}))
         except (OSError, ValueError) as err:
-            raise OmniError(f"cannot load LLM {path!r}: {err}") from None
+            raise not_fetched(err, path, "model.llm") from None
     params = dict(cfg.random_config)
     model_type = params.pop("model_type", None)
     if model_type is None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omnilm.errors import MissingDependency
+from omnilm.extras import require
 from omnilm.serve.api import ServerState, create_app
 from omnilm.serve.engine import Engine
 from omnilm.serve.limits import Limits
@@ -30,7 +30,7 @@ def load_state(model_dir: str, *, model_name: str | None = None, api_key: str | 
 
 
 def serve(state: ServerState, host: str = "127.0.0.1", port: int = 8000, ui: bool = True) -> None:
-    uvicorn = _require("uvicorn")
+    uvicorn = require("uvicorn", "omnilm serve")
     app = create_app(state, ui=ui)
     where = f"http://{host}:{port}"
     log.info("OpenAI-compatible API at %s/v1%s", where, f"; web app at {where}/ui" if ui else "")
@@ -48,9 +48,3 @@ def run_app(state: ServerState, host: str = "127.0.0.1", port: int = 7860) -> No
     finally:
         state.engine.close()
 
-
-def _require(name: str):
-    try:
-        return __import__(name)
-    except ImportError:
-        raise MissingDependency(f"serving needs {name}: pip install 'omnilm[serve]'") from None
