@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,22 @@ def test_quickstart_judges_each_target():
                         "typed part (seconds)": True, "whole command (seconds)": False}
     results["typed_question_first"]["identical"] = 1.0
     assert {v["target"]: v["pass"] for v in judge(results)}["typed, question first: as image first"]
+
+
+def test_phases_report_their_own_peak_and_give_freed_memory_back():
+    from omnilm.tasks.easyvqa.phases import Phases, reset_peak_rss
+
+    if not reset_peak_rss():
+        pytest.skip("resetting the peak needs Linux's /proc/self/clear_refs")
+    phases = Phases()
+    # ~500 MB in pieces small enough for the heap; a few survive, scattered, so freeing the rest
+    # leaves holes the heap keeps unless it is trimmed.
+    kept = phases.run("big", lambda: [bytes(64 * 1024) for _ in range(8000)][::50])
+    phases.run("small", lambda: len(bytes(16 * 2**20)))
+    resident_mib = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    assert phases.peak_mib["small"] < phases.peak_mib["big"] - 300, phases.peak_mib
+    assert resident_mib < phases.peak_mib["big"] - 300 and len(kept) == 160
+    assert phases.overall_peak_mib == phases.peak_mib["big"]
 
 
 def test_easyvqa_source_describe_first_and_balanced():

@@ -52,13 +52,14 @@ def layouts_agree(model, processor, other: list[Sample], scored: list[Sample], p
     as their scored twin and get the same reply. One whole batch, as the scored set's first,
     so padding and batch composition are the same too."""
     pairs = [(split_prompt(a)[0], split_prompt(b)[0]) for a, b in zip(other[:LAYOUT_CHECK], scored)]
-    same_prompts = sum(a.id == b.id and torch.equal(processor.encode_prompt(a).input_ids,
-                                                    processor.encode_prompt(b).input_ids) for a, b in pairs)
+    same_prompts = [a.id == b.id and torch.equal(processor.encode_prompt(a).input_ids, processor.encode_prompt(b).input_ids)
+                    for a, b in pairs]
     replies = generate_texts(model, processor, [a for a, _ in pairs], REPLY_TOKENS, LAYOUT_CHECK,
                              desc="typed questions: question first, first batch")
-    same_replies = sum(reply == p["reply"] for reply, p in zip(replies, predictions))
-    return {"checked": len(pairs), "of": len(other), "same_prompts": same_prompts, "same_replies": same_replies,
-            "identical": min(same_prompts, same_replies) / len(pairs)}
+    same_replies = [reply == p["reply"] for reply, p in zip(replies, predictions)]
+    return {"checked": len(pairs), "of": len(other), "same_prompts": sum(same_prompts),
+            "same_replies": sum(same_replies),
+            "identical": sum(p and r for p, r in zip(same_prompts, same_replies)) / len(pairs)}
 
 
 def _scored(model, processor, samples: list[Sample], desc: str) -> dict:
