@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -80,19 +79,18 @@ def test_quickstart_judges_each_target():
 
 
 def test_phases_report_their_own_peak_and_give_freed_memory_back():
-    from omnilm.tasks.easyvqa.phases import Phases, reset_peak_rss
+    from omnilm.tasks.easyvqa.phases import Phases, peak_rss_bytes, resident_bytes
 
-    if not reset_peak_rss():
-        pytest.skip("resetting the peak needs Linux's /proc/self/clear_refs")
+    if resident_bytes() is None:
+        pytest.skip("sampling the resident size needs Linux's /proc/self/statm")
     phases = Phases()
     # ~500 MB in pieces small enough for the heap; a few survive, scattered, so freeing the rest
     # leaves holes the heap keeps unless it is trimmed.
     kept = phases.run("big", lambda: [bytes(64 * 1024) for _ in range(8000)][::50])
     phases.run("small", lambda: len(bytes(16 * 2**20)))
-    resident_mib = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     assert phases.peak_mib["small"] < phases.peak_mib["big"] - 300, phases.peak_mib
-    assert resident_mib < phases.peak_mib["big"] - 300 and len(kept) == 160
-    assert phases.overall_peak_mib == phases.peak_mib["big"]
+    assert resident_bytes() / 2**20 < phases.peak_mib["big"] - 300 and len(kept) == 160
+    assert phases.overall_peak_mib == round(peak_rss_bytes() / 2**20) >= phases.peak_mib["big"]
 
 
 def test_easyvqa_source_describe_first_and_balanced():
@@ -178,7 +176,9 @@ def test_fast_quickstart_learns_to_use_the_image_within_its_memory(tmp_path):
     assert peak < FAST_PEAK_BOUND, f"peak resident memory {peak / GIB:.2f} GiB"
     phase_peaks = results["peak_memory_mib"]
     assert set(phase_peaks) == set(results["phases"]) | {"whole command"}
-    assert 0 < phase_peaks["whole command"] == max(phase_peaks.values()) <= peak / 2**20 + 1
+    # The command's own figure is the one the kernel gave its parent at exit (give or take what
+    # the plot after it allocates); no phase peaked above it.
+    assert max(phase_peaks.values()) == phase_peaks["whole command"] <= peak / 2**20 + 1
 
     blind, typed, after = results["baselines"]["blind"], results["typed"], results["typed_question_first"]
     assert typed["count"] == 300

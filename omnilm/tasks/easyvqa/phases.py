@@ -1,11 +1,12 @@
 """The quickstart's phases: each one's wall time and peak resident memory, printed as it ends.
 
-Peak memory is the process's own high-water mark (the kernel's VmHWM, what `/usr/bin/time -v`
-reports as its maximum resident set size). On Linux the mark is reset when a phase starts
-(`/proc/self/clear_refs`), so each phase reports its own peak; where that is not possible the
-figure is the peak so far, an upper bound of the phase's own. Each phase ends by handing the
-memory it freed back to the OS (glibc keeps freed heap pages for reuse: after stage 2 about
-1.1 GB more stayed resident through every later phase, and the next phase's peak stacked on it).
+The whole command's peak is the process's own high-water mark (getrusage's ru_maxrss, the
+figure `/usr/bin/time -v` reports). A phase that raises that mark gets its exact peak from it;
+any other phase's peak is the highest resident size read every SAMPLE_SECONDS while it runs
+(from /proc on Linux; elsewhere its resident size at the end), so a spike shorter than that can
+be missed there, never in the whole command's figure. Each phase ends by handing the memory it
+freed back to the OS: glibc keeps freed heap pages for reuse, and after stage 2 about 1.1 GB
+stayed resident through every later phase, each later peak stacked on it.
 """
 from __future__ import annotations
 
@@ -13,11 +14,27 @@ import ctypes
 import gc
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
 MIB = 1024**2
-_CLEAR_REFS = Path("/proc/self/clear_refs")
+SAMPLE_SECONDS = 0.05
+_STATM = Path("/proc/self/statm")
+
+
+def peak_rss_bytes() -> int:
+    """The process's peak resident memory since it started."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux KiB
+
+
+def resident_bytes() -> int | None:
+    """The resident size now (Linux), or None where /proc is absent."""
+    try:
+        return int(_STATM.read_text().split()[1]) * resource.getpagesize()
+    except OSError:
+        return None
 
 
 def _malloc_trim():
@@ -31,26 +48,33 @@ def _malloc_trim():
 _MALLOC_TRIM = _malloc_trim()
 
 
-def reset_peak_rss() -> bool:
-    """Start a new high-water mark at the current resident size; False where the OS cannot."""
-    try:
-        _CLEAR_REFS.write_text("5")  # 5: reset the peak resident set size (Linux >= 4.0)
-    except OSError:
-        return False
-    return True
-
-
-def peak_rss_bytes() -> int:
-    """The process's peak resident memory since start, or since the last reset_peak_rss."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux KiB
-
-
 def release_freed_memory() -> None:
     """Collect unreachable objects, then return the heap's free pages to the OS where glibc can."""
     gc.collect()
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
+
+
+class ResidentSampler:
+    """The highest resident size read every SAMPLE_SECONDS between start() and stop()."""
+
+    def __init__(self):
+        self.highest = resident_bytes() or 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(SAMPLE_SECONDS):
+            self.highest = max(self.highest, resident_bytes() or 0)
+
+    def start(self) -> "ResidentSampler":
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return max(self.highest, resident_bytes() or 0)
 
 
 class Phases:
@@ -62,15 +86,17 @@ class Phases:
 
     def run(self, name: str, fn, *args, **kwargs):
         print(f"\n== {name}", flush=True)
-        reset_peak_rss()
+        record, sampler = peak_rss_bytes(), ResidentSampler().start()
         started = time.perf_counter()
         result = fn(*args, **kwargs)
         self.seconds[name] = round(time.perf_counter() - started, 1)
-        self.peak_mib[name] = round(peak_rss_bytes() / MIB)
+        sampled, peak = sampler.stop(), peak_rss_bytes()
+        self.peak_mib[name] = round((peak if peak > record else sampled) / MIB)
         release_freed_memory()
         print(f"== {name}: {self.seconds[name]:.0f} s, peak memory {self.peak_mib[name]:,} MiB", flush=True)
         return result
 
     @property
     def overall_peak_mib(self) -> int:
-        return max(self.peak_mib.values(), default=0)
+        """The whole process's peak so far (what `/usr/bin/time -v` reports at its end)."""
+        return round(peak_rss_bytes() / MIB)
