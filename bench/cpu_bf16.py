@@ -18,18 +18,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import platform
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from omnilm.data.feature_cache import open_recipe_cache
-from omnilm.eval.runner import generate_texts, split_prompt
-from omnilm.model.build import build_model, load_pretrained
-from omnilm.tasks.easyvqa.evaluation import EVAL_BATCH, REPLY_TOKENS, eval_samples
-from omnilm.tasks.easyvqa.quickstart import FAST, stage_recipe
-from omnilm.training.batches import training_data
-from omnilm.training.stages import apply_stage
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's omnilm, not an installed one
+
+from omnilm.data.feature_cache import open_recipe_cache  # noqa: E402
+from omnilm.eval.runner import generate_texts, split_prompt  # noqa: E402
+from omnilm.model.build import build_model, load_pretrained  # noqa: E402
+from omnilm.tasks.easyvqa.evaluation import EVAL_BATCH, REPLY_TOKENS, eval_samples  # noqa: E402
+from omnilm.tasks.easyvqa.quickstart import FAST, stage_recipe  # noqa: E402
+from omnilm.training.batches import training_data  # noqa: E402
+from omnilm.training.stages import apply_stage  # noqa: E402
 
 MATMUL = 1024
 
@@ -77,15 +80,15 @@ def eval_batch(model, processor, prompts, bf16: bool) -> list[str]:
         return generate_texts(model, processor, prompts, REPLY_TOKENS, EVAL_BATCH, progress=False)
 
 
-def timed(fn, repeat: int) -> float:
-    """Median seconds of `repeat` calls, after one untimed warm-up call."""
-    fn()
+def timed(fn, repeat: int):
+    """(median seconds of `repeat` calls, what the untimed warm-up call before them returned)."""
+    result = fn()
     times = []
     for _ in range(repeat):
         started = time.perf_counter()
         fn()
         times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2]
+    return sorted(times)[len(times) // 2], result
 
 
 def profile(fn, label: str, rows: int = 12) -> None:
@@ -112,21 +115,22 @@ def main() -> None:
 
     model, batch = stage2_batch(args.run)
     model.train()
-    step = {bf16: timed(lambda: train_step(model, batch, bf16), args.repeat) for bf16 in (False, True)}
+    step = {bf16: timed(lambda: train_step(model, batch, bf16), args.repeat)[0] for bf16 in (False, True)}
     if args.profile:
         profile(lambda: train_step(model, batch, False), f"stage-2 step, batch {len(batch)}")
     del model, batch
 
     model, processor = load_pretrained(args.run / "stage2")
     prompts = [split_prompt(s)[0] for s in eval_samples(EVAL_BATCH)]
-    replies = {bf16: eval_batch(model, processor, prompts, bf16) for bf16 in (False, True)}
-    batch_s = {bf16: timed(lambda: eval_batch(model, processor, prompts, bf16), args.repeat) for bf16 in (False, True)}
+    batch_s, replies = {}, {}
+    for bf16 in (False, True):
+        batch_s[bf16], replies[bf16] = timed(lambda: eval_batch(model, processor, prompts, bf16), args.repeat)
     if args.profile:
         profile(lambda: eval_batch(model, processor, prompts, False), f"evaluation batch, {EVAL_BATCH} questions")
 
     same = sum(a == b for a, b in zip(replies[False], replies[True]))
     print(f"\n{'':<36}{'fp32 (s)':>10}{'bf16 (s)':>10}{'bf16/fp32':>11}")
-    for name, t in ((f"stage-2 step (forward + backward)", step), (f"evaluation batch ({EVAL_BATCH} questions)", batch_s)):
+    for name, t in (("stage-2 step (forward + backward)", step), (f"evaluation batch ({EVAL_BATCH} questions)", batch_s)):
         print(f"  {name:<34}{t[False]:>10.2f}{t[True]:>10.2f}{t[True] / t[False]:>11.2f}")
     print(f"  bf16 replies equal to fp32: {same} of {len(prompts)}")
 

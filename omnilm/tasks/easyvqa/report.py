@@ -77,9 +77,9 @@ def print_table(results: dict) -> None:
 
 def print_layout_check(check: dict) -> None:
     """The question-first layout is not scored again: the recipe reads it as image first."""
-    print(f"  typed, question first: the first {check['checked']} of {check['of']} questions checked against image"
-          f" first (data.media_first reads both as one prompt): {check['same_prompts']} same prompt tokens,"
-          f" {check['same_replies']} same replies")
+    print(f"  typed, question first: not scored again (data.media_first: one prompt); on the first"
+          f" {check['checked']} of {check['of']}: {check['same_prompts']} same prompt tokens, {check['same_replies']}"
+          " same replies")
 
 
 def print_phases(results: dict) -> None:
