@@ -53,6 +53,17 @@ def matmul_gflops(dtype: torch.dtype, threads: int, seconds: float = 1.0) -> flo
     return 2 * MATMUL**3 * count / elapsed / 1e9
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def precision(bf16: bool):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
@@ -107,7 +118,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="also print torch.profiler tables (fp32)")
     args = parser.parse_args()
     threads = torch.get_num_threads()
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads, "
+    print(f"{cpu_name()}, torch {torch.__version__}, {threads} threads, "
           f"bf16 kernels: {torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()}")
     print(f"\nmatmul {MATMUL}^3 (GFLOP/s)   1 thread   2 threads")
     for dtype in (torch.float32, torch.bfloat16):
