@@ -84,7 +84,7 @@ def cmd_quickstart(args) -> None:
     from omnilm.tasks.easyvqa.quickstart import run_quickstart
 
     run_quickstart(out=args.out, fast=args.fast, skip_audio=args.skip_audio, eval_questions=args.questions,
-                   seed=args.seed)
+                   seed=args.seed, compare_transcription=args.compare_transcription)
 
 
 def _serve_state(args):
@@ -313,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="a shortened run (fewer steps and questions) for tests")
     p.add_argument("--skip-audio", action="store_true", help="typed questions only: no speech, no audio stages")
     p.add_argument("--questions", type=int, help="test questions to evaluate (default 1000; 300 with --fast)")
+    p.add_argument("--compare-transcription", action="store_true",
+                   help="also score the transcription route (Whisper's text in the typed model's prompt; ~7 min)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of every training stage (initialisation, data order, LoRA); the test sample stays fixed")
     p.set_defaults(func=cmd_quickstart)

@@ -174,3 +174,24 @@ def test_errors():
 
     with pytest.raises(MediaError, match="audio 0: cannot transcribe empty audio"):
         Transcriber().transcribe(np.zeros(0, np.float32))
+
+
+def test_chunks_are_decoded_in_bounded_batches_in_order():
+    """Memory grows with the chunks decoded at once (a 30 s window each): many clips are decoded
+    DECODE_BATCH at a time, and each text still goes back to its own clip."""
+    from omnilm.audio.transcribe import DECODE_BATCH, Transcriber
+
+    class Labels(Transcriber):  # "reads" each chunk as the number it is filled with
+        def __init__(self):
+            self.batches: list[int] = []  # chunks per decode call
+
+        def _transcribe_chunks(self, chunks):
+            self.batches.append(len(chunks))
+            return [str(int(c[-1])) for c in chunks]
+
+    waves = [np.full(SR, i, np.float32) for i in range(2 * DECODE_BATCH + 3)]
+    waves[5] = np.concatenate([np.full(30 * SR, 5, np.float32), np.full(5 * SR, 99, np.float32)])  # two chunks
+    labels = Labels()
+    texts = labels.transcribe_many(waves)
+    assert texts == [str(i) for i in range(5)] + ["5 99"] + [str(i) for i in range(6, len(waves))]
+    assert max(labels.batches) <= DECODE_BATCH and sum(labels.batches) == len(waves) + 1

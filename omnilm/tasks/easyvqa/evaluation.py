@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from omnilm.audio.transcribe import make_transcriber
 from omnilm.config import DataConfig
 from omnilm.data.audio import load_audio
 from omnilm.data.sample import AUDIO_TOKEN, Message, Sample
 from omnilm.data.sources import load_samples
-from omnilm.eval.runner import evaluate
+from omnilm.eval.runner import evaluate, generate_texts, split_prompt
 from omnilm.model.build import load_pretrained
 from omnilm.tasks.easyvqa.report import scores
 
 EVAL_SEED = 0  # the fixed test sample: the same whatever --seed trains with
 LAYOUT_KEYS = {"image-first": "typed", "question-first": "typed_question_first"}  # results.json keys
+EVAL_BATCH = 64
+LAYOUT_CHECK = EVAL_BATCH  # question-first prompts checked against their image-first twins
 # The longest reply, "teal triangle\ntriangle: yes\nyes", is 10 tokens; its last line is whole
 # without the end token.
 REPLY_TOKENS = 10
@@ -31,14 +35,38 @@ def eval_samples(questions: int, spoken_voice: str | None = None, layout: str = 
 def evaluate_run(run_dir: Path, sample_sets: dict, desc: str) -> dict:
     """Load the model once and score each named set of samples."""
     model, processor = load_pretrained(run_dir)
-    out = {}
-    for name, samples in sample_sets.items():
-        # Replies are "blue rectangle\nred: no\nno" (stage 2 describes, checks, answers): the last line is scored.
-        result = evaluate(model, processor, samples, "vqa", batch_size=64, max_new_tokens=REPLY_TOKENS, desc=f"{desc}: {name}",
-                          answer="last-line")
-        out[name] = (scores(result.scores["accuracy"], result.by_group, result.count)
-                     | {"predictions": result.predictions})
-    return out
+    return {name: _scored(model, processor, samples, f"{desc}: {name}") for name, samples in sample_sets.items()}
+
+
+def evaluate_typed(run_dir: Path, image_first: list[Sample], question_first: list[Sample]) -> dict:
+    """The image-first layout scored in full; the question-first one checked against it on its
+    first batch (data.media_first makes both one prompt, so scoring both would double the work)."""
+    model, processor = load_pretrained(run_dir)
+    typed = _scored(model, processor, image_first, "typed questions: image first")
+    return {"typed": typed, "typed_question_first": layouts_agree(model, processor, question_first, image_first,
+                                                                  typed["predictions"])}
+
+
+def layouts_agree(model, processor, other: list[Sample], scored: list[Sample], predictions: list[dict]) -> dict:
+    """How many of the first LAYOUT_CHECK questions of `other` encode to the same prompt tokens
+    as their scored twin and get the same reply. One whole batch, as the scored set's first,
+    so padding and batch composition are the same too."""
+    pairs = [(split_prompt(a)[0], split_prompt(b)[0]) for a, b in zip(other[:LAYOUT_CHECK], scored)]
+    same_prompts = [a.id == b.id and torch.equal(processor.encode_prompt(a).input_ids, processor.encode_prompt(b).input_ids)
+                    for a, b in pairs]
+    replies = generate_texts(model, processor, [a for a, _ in pairs], REPLY_TOKENS, LAYOUT_CHECK,
+                             desc="typed questions: question first, first batch")
+    same_replies = [reply == p["reply"] for reply, p in zip(replies, predictions)]
+    return {"checked": len(pairs), "of": len(other), "same_prompts": sum(same_prompts),
+            "same_replies": sum(same_replies),
+            "identical": sum(p and r for p, r in zip(same_prompts, same_replies)) / len(pairs)}
+
+
+def _scored(model, processor, samples: list[Sample], desc: str) -> dict:
+    # Replies are "blue rectangle\nred: no\nno" (stage 2 describes, checks, answers): the last line is scored.
+    result = evaluate(model, processor, samples, "vqa", batch_size=EVAL_BATCH, max_new_tokens=REPLY_TOKENS,
+                      desc=desc, answer="last-line")
+    return scores(result.scores["accuracy"], result.by_group, result.count) | {"predictions": result.predictions}
 
 
 def transcribed_samples(spoken_samples, whisper_ct2: str) -> list:

@@ -13,13 +13,15 @@ and step counts filled in, then evaluates on test questions never seen in traini
   4. stage2    LoRA on every linear layer + projector:  quickstart-stage2.yaml
                say what the image shows, whether it shows the asked word
                (yes/no questions), then answer
-  5. typed     accuracy on typed test questions, the image before and after the question (the
-               recipe reads both as one layout: data.media_first), beside two baselines
+  5. typed     accuracy on typed test questions, the image before the question, beside two
+               baselines; the question before the image is checked to be the same prompt and reply
+               on one batch (the recipe reads both as one layout: data.media_first)
   6. speech    espeak-ng clips of every question (training voices and a held-out test voice)
   7. audio     audio projector: write out the spoken question, then answer it
                quickstart-audio-align.yaml, quickstart-spoken.yaml
   8. spoken    accuracy on the same test questions, spoken in the held-out voice: the native
-               route, and the transcription route (Whisper's text in the stage-2 model's prompt)
+               route; with --compare-transcription also the transcription route (Whisper's text in
+               the stage-2 model's prompt)
   9. demo      one held-out image + spoken question: transcript (CTranslate2) and answer
 
 `--seed N` changes every training seed (initialisation, data order, LoRA init, layouts); the
@@ -49,8 +51,9 @@ from omnilm.model.build import RECIPE_FILE
 from omnilm.model.checkpoint import WEIGHTS
 from omnilm.tasks.easyvqa.data import load_easyvqa
 from omnilm.tasks.easyvqa.demo import demo
-from omnilm.tasks.easyvqa.evaluation import LAYOUT_KEYS, eval_samples, evaluate_run, transcribed_samples
-from omnilm.tasks.easyvqa.report import baselines, judge, print_table, print_verdicts, write_results
+from omnilm.tasks.easyvqa.evaluation import eval_samples, evaluate_run, evaluate_typed, transcribed_samples
+from omnilm.tasks.easyvqa.phases import Phases
+from omnilm.tasks.easyvqa.report import baselines, judge, print_phases, print_table, print_verdicts, write_results
 from omnilm.tasks.easyvqa.source import default_speech_dir
 from omnilm.training.cache import cache_features
 from omnilm.training.loop import train
@@ -80,21 +83,6 @@ FULL = Plan(stage1=40, stage2=100, audio_align=200, spoken=100, questions=1000)
 # The first 12,000 questions cover 1,240 of the 4,000 training images: fewer features to cache.
 FAST = Plan(stage1=20, stage2=80, audio_align=30, spoken=30, questions=300, train_questions=12_000,
             train_images=1_000)
-
-
-class Phases:
-    """Wall time of each phase, printed as it ends."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-
-    def run(self, name: str, fn, *args, **kwargs):
-        print(f"\n== {name}", flush=True)
-        started = time.perf_counter()
-        result = fn(*args, **kwargs)
-        self.seconds[name] = round(time.perf_counter() - started, 1)
-        print(f"== {name}: {self.seconds[name]:.0f} s", flush=True)
-        return result
 
 
 def check_requirements(audio: bool) -> None:
@@ -195,7 +183,7 @@ def synthesize_questions(speech_dir: Path) -> None:
 
 
 def run_quickstart(out: str | Path = "runs/quickstart", fast: bool = False, skip_audio: bool = False,
-                   eval_questions: int | None = None, seed: int = 0) -> dict:
+                   eval_questions: int | None = None, seed: int = 0, compare_transcription: bool = False) -> dict:
     """The whole quickstart; returns (and writes to <out>/results.json) every measured number."""
     started = time.perf_counter()
     out = Path(out)
@@ -206,7 +194,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", fast: bool = False, skip
     out.mkdir(parents=True, exist_ok=True)
     phases = Phases()
     results: dict = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                     "command": _command(fast, skip_audio, out, eval_questions, seed), "seed": seed,
+                     "command": _command(fast, skip_audio, out, eval_questions, seed, compare_transcription), "seed": seed,
                      "machine": _machine(), "plan": asdict(plan) | {"questions": questions}, "stages": {}}
 
     parts = phases.run("build", build_parts, audio)
@@ -215,9 +203,10 @@ def run_quickstart(out: str | Path = "runs/quickstart", fast: bool = False, skip
     phases.run("features", cache_image_features, stage1, stage2)
     results["stages"]["stage1"] = str(phases.run("stage1", train_stage, stage1))
     results["stages"]["stage2"] = str(phases.run("stage2", train_stage, stage2))
-    typed_sets = {LAYOUT_KEYS[layout]: eval_samples(questions, layout=layout) for layout in LAYOUT_KEYS}
-    results |= phases.run("typed eval", evaluate_run, out / "stage2", typed_sets, "typed questions")
-    results["baselines"] = baselines(typed_sets["typed"])
+    typed = eval_samples(questions)
+    results |= phases.run("typed eval", evaluate_typed, out / "stage2", typed,
+                          eval_samples(questions, layout="question-first"))
+    results["baselines"] = baselines(typed)
     results["typed_seconds"] = round(sum(phases.seconds.values()), 1)
     print_table(results)
     final = out / "stage2"
@@ -230,17 +219,20 @@ def run_quickstart(out: str | Path = "runs/quickstart", fast: bool = False, skip
         final = out / "spoken"
         spoken_samples = eval_samples(questions, TEST_VOICE)
         results |= phases.run("spoken eval", evaluate_run, final, {"spoken": spoken_samples}, "spoken questions")
-        heard = phases.run("transcribe", transcribed_samples, spoken_samples, parts["whisper_ct2"])
-        results |= phases.run("transcribed eval", evaluate_run, out / "stage2", {"spoken_transcribed": heard},
-                              "spoken questions, transcribed")
-        for key in ("spoken", "spoken_transcribed"):
-            results[key]["voice"] = TEST_VOICE
+        results["spoken"]["voice"] = TEST_VOICE
+        if compare_transcription:
+            heard = phases.run("transcribe", transcribed_samples, spoken_samples, parts["whisper_ct2"])
+            results |= phases.run("transcribed eval", evaluate_run, out / "stage2", {"spoken_transcribed": heard},
+                                  "spoken questions, transcribed")
+            results["spoken_transcribed"]["voice"] = TEST_VOICE
     results["model"] = str(final)
-    eval_ids = {s.id for s in typed_sets["typed"]}
+    eval_ids = {s.id for s in typed}
     results["demo"] = phases.run("demo", demo, final, eval_ids, out, audio)
     results["phases"] = phases.seconds
+    results["peak_memory_mib"] = phases.peak_mib | {"whole command": phases.overall_peak_mib}
     results["total_seconds"] = round(time.perf_counter() - started, 1)
     print_table(results)
+    print_phases(results)
     results["targets"] = judge(results)
     print_verdicts(results["targets"], fast)
     write_results(results, out)
@@ -250,8 +242,9 @@ def run_quickstart(out: str | Path = "runs/quickstart", fast: bool = False, skip
     return results
 
 
-def _command(fast: bool, skip_audio: bool, out: Path, questions: int | None, seed: int) -> str:
+def _command(fast: bool, skip_audio: bool, out: Path, questions: int | None, seed: int, compare: bool) -> str:
     parts = ["omnilm quickstart"] + (["--fast"] if fast else []) + (["--skip-audio"] if skip_audio else [])
+    parts += ["--compare-transcription"] if compare else []
     parts += [f"--out {out}"] + ([f"--questions {questions}"] if questions else []) + [f"--seed {seed}"]
     return " ".join(parts)
 
