@@ -177,8 +177,8 @@ def _check_length(frames: int, rate: int, label: str, max_seconds: float) -> Non
     seconds = frames / rate
     if seconds > max_seconds:
         raise MediaError(
-            f"audio {label} is {seconds:.1f} s long; the limit is {max_seconds:g} s "
-            "(raise max_seconds or trim the file)"
+            # The limit is a server's or a recipe's (model.audio.max_seconds): only trimming is the sender's to do.
+            f"audio {label} is {seconds:.1f} s long; the limit is {max_seconds:g} s: use a shorter clip"
         )
 
 
