@@ -14,7 +14,6 @@ import threading
 
 import torch
 
-
 log = logging.getLogger("omnilm.training")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
