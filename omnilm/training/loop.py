@@ -5,8 +5,9 @@ Each optimizer step sees grad_accum micro-batches per process; its loss is the m
 learned token of all of them on every process (`_step`), so how a batch is split changes
 nothing. Checkpoints (training/checkpoints.py) hold the trained weights, optimizer, scheduler,
 each process's RNG and the micro-batch counter, so `resume` continues with the same data order
-and dropout masks and reaches the same weights as a run that was never stopped. The data order has its own generators; the global RNG is left to what
-the steps draw (dropout) and restored last, after everything that builds the run.
+and dropout masks and reaches the same weights as a run that was never stopped. The data order
+has its own generators; the global RNG is left to what the steps draw (dropout) and restored
+last, after everything that builds the run.
 """
 from __future__ import annotations
 
