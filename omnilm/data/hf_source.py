@@ -239,9 +239,9 @@ def _check_markers(sample: Sample) -> None:
             raise DataError(f"{markers} {token} markers in the messages but {len(items)} {kind}")
 
 
-__all__ = ["hf", "open_rows", "read_rows", "RowConverter"]
-
-
 def _kind(value) -> str:
     """What a malformed value is, without its repr (bytes, decoded images: long, or an address)."""
     return "an empty list" if isinstance(value, list) and not value else f"a {type(value).__name__}"
+
+
+__all__ = ["hf", "open_rows", "read_rows", "RowConverter"]

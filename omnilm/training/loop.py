@@ -148,9 +148,7 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
         with StopRequests() as stops:
             for micro_batches in optimizer_steps(loader, cfg.grad_accum):
                 mid_step = True
-                window.add_step(_step(model, micro_batches, accelerator, optimizer, cfg.max_grad_norm))
-                window.samples += sum(len(b) for b in micro_batches)
-                window.skipped += sum(b.skipped for b in micro_batches)
+                window.add_step(_step(model, micro_batches, accelerator, optimizer, cfg.max_grad_norm), micro_batches)
                 scheduler.step()
                 state.micro += len(micro_batches)
                 state.step += 1
@@ -174,19 +172,14 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
                     callback(state, accelerator.unwrap_model(model))
                 signum = stops.agreed(accelerator)
                 if signum is not None and state.step < total_steps:
-                    save()
-                    raise TrainingStopped(signum, state.step)
-    except TrainingStopped:
-        bar.close()
-        raise
-    except KeyboardInterrupt:  # raised by a callback after its step, or by a second signal
+                    raise TrainingStopped(signum, state.step)  # saved just below, as any interrupt after a step
+    except KeyboardInterrupt:  # a stop agreed or a callback's, after a step; or a second signal, mid-step
         if not mid_step and state.step > 0:
             save()
-        bar.close()
         raise
-    window.read(accelerator, state, cfg.lr)
-    bar.close()
-    save_checkpoint(accelerator, model, optimizer, state, run_dir, cfg.keep_checkpoints)
+    finally:
+        bar.close()
+    save()
     weights = trained_weights(accelerator, model)
     if main:
         atomic_save(weights, run_dir / WEIGHTS)

@@ -24,8 +24,11 @@ class StepWindow:
     counted: int = 0  # samples (all processes) read since the last log line
     start: float = field(default_factory=time.perf_counter)
 
-    def add_step(self, loss: torch.Tensor) -> None:
+    def add_step(self, loss: torch.Tensor, micro_batches: list) -> None:
+        """A finished optimizer step: this process's share of its loss, and its micro-batches' samples."""
         self.pending.append(loss)
+        self.samples += sum(len(b) for b in micro_batches)
+        self.skipped += sum(b.skipped for b in micro_batches)
 
     def read(self, accelerator, state, train_lr: float) -> None:
         """Sum the unread steps over processes into `losses` and `state`'s counts. A non-finite
