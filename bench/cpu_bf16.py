@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 from omnilm.data.feature_cache import open_recipe_cache  # noqa: E402
 from omnilm.eval.runner import generate_texts, split_prompt  # noqa: E402
-from omnilm.model.build import build_model, load_pretrained  # noqa: E402
+from omnilm.model.build import build_model  # noqa: E402
+from omnilm.model.saved import load_pretrained
 from omnilm.tasks.easyvqa.evaluation import EVAL_BATCH, REPLY_TOKENS, eval_samples  # noqa: E402
 from omnilm.tasks.easyvqa.quickstart import FAST, stage_recipe  # noqa: E402
 from omnilm.training.batches import training_data  # noqa: E402

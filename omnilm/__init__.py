@@ -25,7 +25,7 @@ PUBLIC = {
     "OmniLM": "omnilm.model.omni",               # encoders + projectors + any HF causal LM
     "OmniProcessor": "omnilm.data.processor",    # tokenizer, template, media -> model inputs
     "build_model": "omnilm.model.build",         # recipe -> (OmniLM, OmniProcessor), untrained parts
-    "load_pretrained": "omnilm.model.build",     # run or export folder -> (OmniLM, OmniProcessor)
+    "load_pretrained": "omnilm.model.saved",      # run or export folder -> (OmniLM, OmniProcessor)
     "train": "omnilm.training.loop",             # one stage of a recipe -> RunResult
     "Sample": "omnilm.data.sample",              # messages + images + audios
     "Message": "omnilm.data.sample",

@@ -153,7 +153,7 @@ def _add_audio_route_options(p) -> None:
 def cmd_export(args) -> None:
     import torch
 
-    from omnilm.model.build import load_pretrained
+    from omnilm.model.saved import load_pretrained
     from omnilm.model.card import hub_preflight, push_folder
     from omnilm.model.export import export
 
@@ -165,9 +165,15 @@ def cmd_export(args) -> None:
     if args.format == "llava":
         print(f"exported -> {out} (LlavaForConditionalGeneration + AutoProcessor; `vllm serve {out}`)")
     else:
-        print(f"exported -> {out} (loads with omnilm.model.build.load_pretrained or `omnilm chat --model {out}`)")
+        print(f"exported -> {out} (OmniLM.from_pretrained + OmniProcessor.from_pretrained, or `omnilm chat --model {out}`)")
     if args.push_to_hub:
         print(f"uploaded -> {push_folder(out, args.push_to_hub)}")
+
+
+def cmd_convert(args) -> None:
+    from omnilm.model.saved import write_run_model
+
+    print(f"converted -> {write_run_model(args.run)} (loads with OmniLM.from_pretrained + OmniProcessor.from_pretrained)")
 
 
 def cmd_chat(args) -> None:
@@ -176,7 +182,7 @@ def cmd_chat(args) -> None:
     from omnilm.chat import ChatSession, run_repl
     from omnilm.errors import MediaError
     from omnilm.generation import GenerationConfig
-    from omnilm.model.build import load_pretrained
+    from omnilm.model.saved import load_pretrained
 
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, repetition_penalty=args.repetition_penalty, stop=args.stop or [],
@@ -258,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-lm-head-bias", action="store_true",
                    help="llava: write the LLM's LM-head bias (Phi) that vLLM applies and transformers' LLaVA ignores")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("convert", help="give a run folder from before model folders its config.json, weights and "
+                                       "processor files, so from_pretrained loads it")
+    p.add_argument("run", help="run folder (recipe.yaml + weights.safetensors or checkpoints/)")
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("fixtures", help="write small COCO-, LLaVA-, parquet and WebDataset data sets for the tiny recipes")
     p.add_argument("--out", default="data/tiny")

@@ -80,7 +80,7 @@ SERVE_BODY_LIMIT = 1024 * 1024
 def engine(tmp_path_factory):
     from test_serve_support import write_tiny_model
 
-    from omnilm.model.build import load_pretrained
+    from omnilm.model.saved import load_pretrained
     from omnilm.serve.engine import Engine
     from omnilm.serve.limits import Limits
 

@@ -109,7 +109,8 @@ def test_eval_command_scores_a_saved_model(tiny_data, tmp_path, capsys):
     recipe = tiny_recipe(tiny_data, tmp_path)
     run = tmp_path / "run"
     model, _ = build_model(recipe, base_dir=run / "base")
-    from omnilm.model.build import RECIPE_FILE, materialize_random, portable
+    from omnilm.model.build import materialize_random, portable
+    from omnilm.model.saved import RECIPE_FILE
 
     save_recipe(portable(materialize_random(recipe, run / "base"), run), run / RECIPE_FILE)
     save_trained_weights(model, run)

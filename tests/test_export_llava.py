@@ -15,7 +15,8 @@ from omnilm.cli import main
 from omnilm.config import load_recipe, save_recipe
 from omnilm.data.fixtures import draw_shape
 from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample
-from omnilm.model.build import RECIPE_FILE, build_model, load_pretrained, materialize_random, portable
+from omnilm.model.build import build_model, materialize_random, portable
+from omnilm.model.saved import RECIPE_FILE, load_pretrained
 from omnilm.model.checkpoint import save_trained_weights
 from omnilm.model.export import export
 from omnilm.model.llava_format import NotExpressible

@@ -12,7 +12,8 @@ from omnilm.data.fixtures import draw_shape
 from omnilm.data.processor import OmniProcessor
 from omnilm.data.sample import Message, Sample
 from omnilm.generation import GenerationConfig, generate
-from omnilm.model.build import build_model, load_pretrained
+from omnilm.model.build import build_model
+from omnilm.model.saved import load_pretrained
 from omnilm.model.export import export_model
 from omnilm.model.omni import OmniLM
 from omnilm.serve.engine import Engine

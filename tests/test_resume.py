@@ -11,7 +11,7 @@ from transformers import PreTrainedModel
 
 from omnilm.cli import main
 from omnilm.errors import OmniError
-from omnilm.model.build import load_pretrained
+from omnilm.model.saved import load_pretrained
 from omnilm.model.checkpoint import DiskFull, atomic_folder, checkpoint_dirs
 from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe

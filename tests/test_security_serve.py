@@ -27,7 +27,7 @@ from test_serve_support import data_url, free_port, png_bytes, running_server, w
 from omnilm.data.audio import load_audio
 from omnilm.data.images import ImageTransform, load_image
 from omnilm.errors import MediaError
-from omnilm.model.build import load_pretrained
+from omnilm.model.saved import load_pretrained
 from omnilm.serve import media
 from omnilm.serve.api import ServerState, create_app
 from omnilm.serve.engine import Engine

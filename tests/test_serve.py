@@ -11,7 +11,7 @@ import openai
 import pytest
 from test_serve_support import data_url, free_port, png_bytes, running_server, wav_bytes, write_tiny_model
 
-from omnilm.model.build import load_pretrained
+from omnilm.model.saved import load_pretrained
 from omnilm.serve.api import ServerState, create_app
 from omnilm.serve.engine import Engine
 from omnilm.serve.limits import Limits

@@ -13,7 +13,8 @@ import numpy as np
 from PIL import Image
 
 from omnilm.config import load_recipe, save_recipe
-from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
+from omnilm.model.build import build_model, materialize_random, portable
+from omnilm.model.saved import RECIPE_FILE
 from omnilm.model.checkpoint import save_trained_weights
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -9,7 +9,7 @@ from omnilm.cli import main
 from omnilm.config import load_recipe
 from omnilm.data.collate import collate
 from omnilm.data.sources import load_samples
-from omnilm.model.build import load_pretrained
+from omnilm.model.saved import load_pretrained
 from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from omnilm.data.collate import collate
 from omnilm.errors import ConfigError, OmniError
-from omnilm.model.build import load_pretrained
+from omnilm.model.saved import load_pretrained
 from omnilm.training.cache import cache_features
 from omnilm.training.loop import lr_schedule, train
 from tests.conftest import tiny_recipe

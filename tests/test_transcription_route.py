@@ -4,7 +4,8 @@ import pytest
 from omnilm.config import TranscriberConfig, load_recipe
 from omnilm.data.sample import Message, Sample
 from omnilm.errors import ConfigError, DataError
-from omnilm.model.build import build_model, load_pretrained
+from omnilm.model.build import build_model
+from omnilm.model.saved import load_pretrained
 from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_serve_support import free_port, running_server, wav_bytes, write_tiny_model
 
-from omnilm.model.build import load_pretrained
+from omnilm.model.saved import load_pretrained
 from omnilm.serve.api import ServerState, create_app
 from omnilm.serve.engine import Engine
 

@@ -138,7 +138,7 @@ def evaluate_folder(model_dir, source: str, path: str | None = None, *, metric: 
     """`omnilm eval`: a saved run or export folder scored on a data set in a public format."""
     from omnilm.config import DataConfig
     from omnilm.data.sources import load_samples
-    from omnilm.model.build import load_pretrained
+    from omnilm.model.saved import load_pretrained
 
     cfg = DataConfig(source=source, path=path, image_dir=image_dir, audio_dir=audio_dir,
                      options=dict(options or {}), limit=limit)

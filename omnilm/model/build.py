@@ -1,6 +1,6 @@
 """Build an OmniLM and its OmniProcessor from a recipe: load pretrained parts, quantize, attach LoRA.
 
-The two are built together here and loaded together (`load_pretrained`), the transformers way:
+The two are built together here (and loaded together: omnilm.model.saved), the transformers way:
 the model computes, the processor turns Samples into what the model takes; neither holds the
 other.
 
@@ -20,21 +20,19 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from omnilm.config import EncoderConfig, LLMConfig, ProjectorConfig, Recipe, load_recipe, validate
+from omnilm.config import EncoderConfig, LLMConfig, ProjectorConfig, Recipe
 from omnilm.data.processor import OmniProcessor
 from omnilm.errors import ConfigError, OmniError
 from omnilm.extras import require
-from omnilm.model.checkpoint import atomic_folder, load_trained_weights, nbytes, weights_file
+from omnilm.model.checkpoint import atomic_folder, load_trained_weights, nbytes
 from omnilm.model.checks import check_against_model, check_llava_start
-from omnilm.model.components import ENCODERS
-from omnilm.model.encoders import build_encoder
+from omnilm.model.configuration import omni_config
+from omnilm.model.encoders import build_encoder, encoder_config_of
 from omnilm.model.omni import OmniLM
 from omnilm.model.paths import LOCAL, resolve_path
-from omnilm.model.projector import build_projector
 from omnilm.model.tokenizer import BYTES, load_tokenizer
 
 log = logging.getLogger(__name__)
-RECIPE_FILE = "recipe.yaml"
 
 
 def resolve_dtype(name: str, device: torch.device | str | None = None) -> torch.dtype:
@@ -166,8 +164,7 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
     if _has_random(recipe):
         recipe = materialize_random(recipe, base_dir)
     llm = build_llm(recipe.model.llm, root, device)
-    d_llm = llm.get_input_embeddings().embedding_dim
-    encoders, projectors = {}, {}
+    encoders = {}
     for modality in ("image", "audio"):
         enc_cfg = getattr(recipe.model, modality)
         if enc_cfg is None:
@@ -175,14 +172,10 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
         enc_cfg = copy.deepcopy(enc_cfg)
         enc_cfg.name_or_path = resolve_path(enc_cfg.name_or_path, root)
         encoder = build_encoder(enc_cfg, recipe.model.seed)
-        encoder.to(dtype=resolve_dtype(recipe.model.llm.dtype, device)).requires_grad_(False).eval()
-        encoders[modality] = encoder
-        torch.manual_seed(recipe.model.seed)
-        projectors[modality] = build_projector(
-            enc_cfg.projector.type, encoder.hidden_size, d_llm, enc_cfg.projector.hidden_size,
-            enc_cfg.projector.tokens_per_feature, ENCODERS[enc_cfg.type].stack(enc_cfg),
-        )
-    model = OmniLM(llm, encoders, projectors)
+        encoders[modality] = encoder.to(dtype=resolve_dtype(recipe.model.llm.dtype, device)).requires_grad_(False).eval()
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    config = omni_config(recipe.model, base.config, {m: encoder_config_of(e) for m, e in encoders.items()})
+    model = OmniLM(config, llm=llm, encoders=encoders, seed=recipe.model.seed)
     if device is not None:
         model.to(device)  # 4-bit weights are already placed; .to() leaves them be
     model.recipe = recipe
@@ -219,24 +212,3 @@ def portable(recipe: Recipe, folder: Path) -> Recipe:
             if value and Path(value).is_absolute() and Path(value).is_relative_to(folder.resolve()):
                 setattr(cfg, attr, LOCAL + str(Path(value).relative_to(folder.resolve())))
     return recipe
-
-
-def load_pretrained(path, device=None, audio_route: str | None = None,
-                    transcriber=None) -> tuple[OmniLM, OmniProcessor]:
-    """A training run folder or an export folder -> (model in eval mode, its processor).
-
-    `audio_route` / `transcriber` (a TranscriberConfig) override the saved recipe at inference."""
-    path = Path(path)
-    if not (path / RECIPE_FILE).is_file():
-        raise OmniError(f"{path} is not an omnilm run or export folder (no {RECIPE_FILE})")
-    recipe = load_recipe(path / RECIPE_FILE)
-    recipe.model.init_from = None  # the folder's own weights already include what it started from
-    if transcriber is not None:
-        recipe.model.transcriber = transcriber
-    if audio_route is not None:
-        recipe.model.audio_route = audio_route
-    validate(recipe)
-    model, processor = build_model(recipe, root=path, device=device)
-    if weights_file(path) is not None:
-        load_trained_weights(model, path)
-    return model.eval(), processor

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -130,12 +131,23 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 
 def weights_file(folder) -> Path | None:
-    """A run's final weights, else its latest checkpoint's; or an export's weights."""
+    """A run's final trained weights, else its latest checkpoint's."""
     folder = Path(folder)
     if (folder / WEIGHTS).is_file():
         return folder / WEIGHTS
     ckpts = checkpoint_dirs(folder)
     return ckpts[-1] / WEIGHTS if ckpts else None
+
+
+def _model_folder_projectors(folder: Path) -> dict[str, torch.Tensor]:
+    """The projectors of a model folder (an export): the part of it that `init_from` starts from,
+    as its LLM is merged and its encoders are the pretrained ones."""
+    files = sorted(folder.glob("model*.safetensors"))
+    out = {}
+    for file in files:
+        with safe_open(str(file), "pt") as f:
+            out.update({k: f.get_tensor(k) for k in f.keys() if k.startswith("projectors.")})
+    return out
 
 
 def _renamed(saved: dict, own: dict) -> dict:
@@ -156,10 +168,15 @@ def load_trained_weights(model, folder, partial: bool = False) -> list[str]:
     """Load saved trained weights into `model`. `partial` (init_from) loads the keys both share,
     e.g. a stage-1 projector into a stage-2 model with LoRA; otherwise every key must fit."""
     file = weights_file(folder)
-    if file is None:
+    if file is None and partial and any(Path(folder).glob("model*.safetensors")):
+        file = Path(folder)
+        saved = _model_folder_projectors(file)
+    elif file is None:
         raise OmniError(f"no trained weights in {folder} (expected {WEIGHTS} or {CHECKPOINTS}/step-*)")
+    else:
+        saved = load_file(str(file))
     own = dict(model.named_parameters())
-    saved = _renamed(load_file(str(file)), own)
+    saved = _renamed(saved, own)
     unknown = [k for k in saved if k not in own]
     if unknown and not partial:
         raise OmniError(f"{file} does not fit this model: unknown keys such as {unknown[0]!r}")

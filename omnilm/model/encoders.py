@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import (AutoConfig, AutoImageProcessor, CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig,
+from transformers import (AutoConfig, AutoImageProcessor, CLIPVisionConfig, CLIPVisionModel, PreTrainedModel, SiglipVisionConfig,
                           SiglipVisionModel)
 from transformers.utils import cached_file
 
@@ -130,3 +130,10 @@ def _preprocessor_config(name_or_path: str) -> dict:
 
 def build_encoder(cfg: EncoderConfig, seed: int = 0) -> nn.Module:
     return encoder_spec(cfg.type, "encoder type").build(cfg, seed)
+
+
+def encoder_config_of(encoder: nn.Module):
+    """The transformers config of the model inside an encoder (a vision tower's, Whisper's), or
+    None for an encoder that has none (EfficientNet-Lite0)."""
+    inner = next((m for m in encoder.children() if isinstance(m, PreTrainedModel)), None)
+    return inner.config if inner is not None else None

@@ -1,54 +1,17 @@
 """`omnilm export`: a self-contained folder that loads without peft or bitsandbytes.
 
 LoRA is merged into the LLM after dequantizing a 4-bit base: W = dequant(W_nf4) + B @ A * scale,
-so the exported weights compute what the QLoRA model computed during training.
+so the exported weights compute what the QLoRA model computed during training. omnilm's own
+format is a transformers model folder (omnilm.model.saved); `llava` is transformers' LLaVA.
 """
 from __future__ import annotations
 
-import copy
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
-from omnilm.config import save_recipe
 from omnilm.errors import ConfigError
-from omnilm.model.build import RECIPE_FILE
-from omnilm.model.paths import LOCAL
-from omnilm.model.checkpoint import WEIGHTS, atomic_save
-from omnilm.model.merge import plain_llm
-
-
-def export_model(model, processor, out, dtype: torch.dtype | None = None, card=None) -> Path:
-    """Write llm/ (with the processor's tokenizer), <modality>_encoder/, weights.safetensors
-    (projectors) and recipe.yaml: a folder `load_pretrained` turns back into both. `card(folder)`
-    writes the model card."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    llm_dtype = dtype or next(p for p in model.llm.parameters() if p.is_floating_point()).dtype
-    llm = plain_llm(model.llm, llm_dtype)
-    llm.save_pretrained(tmp / "llm")
-    processor.tokenizer.save_pretrained(tmp / "llm")
-    recipe = copy.deepcopy(model.recipe)
-    recipe.model.init_from = None
-    recipe.model.llm.name_or_path, recipe.model.llm.tokenizer = LOCAL + "llm", None
-    recipe.model.llm.quantization, recipe.model.llm.lora, recipe.model.llm.gguf_file = "none", None, None
-    for modality, encoder in model.encoders.items():
-        encoder.save_pretrained(tmp / f"{modality}_encoder")
-        enc_cfg = getattr(recipe.model, modality)
-        enc_cfg.name_or_path, enc_cfg.random_config = LOCAL + f"{modality}_encoder", None
-    projectors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n.startswith("projectors.")}
-    atomic_save(projectors, tmp / WEIGHTS)
-    save_recipe(recipe, tmp / RECIPE_FILE)
-    if card is not None:
-        card(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
+from omnilm.model.saved import write_model_folder
 
 
 FORMATS = ("omnilm", "llava")
@@ -69,4 +32,4 @@ def export(model, processor, out, fmt: str = "omnilm", dtype: torch.dtype | None
         return export_llava(model, processor, out, dtype, card=card, keep_lm_head_bias=keep_lm_head_bias)
     if keep_lm_head_bias:
         raise ConfigError("--keep-lm-head-bias is for --format llava")
-    return export_model(model, processor, out, dtype, card=card)
+    return write_model_folder(model, processor, out, dtype, card=card)

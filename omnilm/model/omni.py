@@ -1,36 +1,127 @@
-"""OmniLM: any causal LM + frozen media encoders + trainable projectors, composed not inherited."""
+"""OmniLM: any causal LM + frozen media encoders + trainable projectors, composed not inherited.
+
+A transformers PreTrainedModel: `OmniLM.from_pretrained(folder, dtype=..., device_map=...,
+quantization_config=...)` rebuilds it from `config.json` (OmniConfig) and its safetensors, and
+`save_pretrained` writes them. The LLM, encoders and projectors are held as attributes
+(`llm`, `encoders`, `projectors`), never subclassed.
+"""
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 
 from omnilm.data.chat import IGNORE
 from omnilm.data.sample import PLACEHOLDER_IDS
 from omnilm.errors import PlaceholderMismatch
-from omnilm.model.projector import project
+from omnilm.model.components import ENCODERS
+from omnilm.model.configuration import OmniConfig
+from omnilm.model.encoders import build_encoder
+from omnilm.model.projector import build_projector, project
 
 
-class OmniLM(nn.Module):
+UNQUANTIZED = ("encoders", "projectors", "llm.lm_head")  # what QLoRA keeps out of 4-bit
+
+
+class OmniLM(PreTrainedModel):
     """Any Hugging Face causal LM with frozen media encoders and trainable projectors beside it.
 
     `embed` writes each encoder's projected features into the placeholder positions of the
     token embeddings (the counts must match); `forward` runs the LLM on them (loss with labels).
-    Built with its OmniProcessor by `omnilm.build_model` / `omnilm.load_pretrained`."""
 
-    def __init__(self, llm: nn.Module, encoders: dict[str, nn.Module], projectors: dict[str, nn.Module]):
-        super().__init__()
-        self.llm = llm
-        self.encoders = nn.ModuleDict(encoders)
+    Built from `config` alone (random weights, as `from_pretrained` does before loading) or, by
+    `omnilm.build_model`, around an already loaded `llm` and `encoders`; projectors are always
+    built here, each after `torch.manual_seed(seed)` when a seed is given."""
+
+    config_class = OmniConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("image", "audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: OmniConfig, llm: nn.Module | None = None, encoders: dict | None = None,
+                 seed: int | None = None):
+        super().__init__(config)
+        self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.text_config)
+        self.encoders = nn.ModuleDict(encoders if encoders is not None else {
+            m: build_encoder(_skeleton_recipe(config, m)) for m in config.modalities})
+        d_llm = self.llm.get_input_embeddings().embedding_dim
+        projectors = {}
+        for modality in config.modalities:
+            settings = config.encoder(modality)
+            if seed is not None:
+                torch.manual_seed(seed)
+            projectors[modality] = build_projector(
+                settings.projector.type, self.encoders[modality].hidden_size, d_llm, settings.projector.hidden_size,
+                settings.projector.tokens_per_feature, ENCODERS[settings.type].stack(settings))
         self.projectors = nn.ModuleDict(projectors)
-        self.recipe = None  # what it was built from (omnilm.model.build sets it; exports save it)
+        self.recipe = None  # the training recipe it came from, if known (provenance: exports copy it)
         self.inherited: set[str] = set()  # parameter names loaded from model.init_from (saved with each run)
-        base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+        # device_map and FSDP keep each decoder / encoder layer whole: the layer classes that the
+        # transformers models inside list (the LLM's, a vision tower's, Whisper's encoder's), those
+        # this model holds (FSDP refuses a class it cannot find; CLIPVisionModel lists text ones too).
+        present = {type(module).__name__ for module in self.modules()}
+        self._no_split_modules = sorted({name for module in self.modules() if module is not self
+                                         for name in getattr(module, "_no_split_modules", None) or ()} & present)
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
         # Whether the LLM takes `logits_to_keep` as positions (most transformers causal LMs do);
         # decided once here rather than by inspecting a signature on every training step.
         self.keeps_logits = "logits_to_keep" in inspect.signature(type(base).forward).parameters
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, quantization_config=None, **kwargs):
+        """transformers' from_pretrained; a 4-bit or 8-bit `quantization_config` applies to the
+        LLM's layers only, as QLoRA does (its LM head, the encoders and the projectors stay in
+        `dtype`) unless it names its own `llm_int8_skip_modules`."""
+        if quantization_config is not None and getattr(quantization_config, "llm_int8_skip_modules", ()) is None:
+            quantization_config = copy.deepcopy(quantization_config)
+            quantization_config.llm_int8_skip_modules = list(UNQUANTIZED)
+        return super().from_pretrained(*args, quantization_config=quantization_config, **kwargs)
+
+    def save_pretrained(self, save_directory, *args, dtype: torch.dtype | None = None, **kwargs):
+        """transformers' save_pretrained of the plain model: LoRA merged and 4-bit weights
+        dequantized first (omnilm.model.merge), so the folder loads without peft or bitsandbytes;
+        `dtype` casts the LLM (default: its compute dtype)."""
+        plain = self.with_plain_llm(dtype)
+        return super(OmniLM, plain).save_pretrained(save_directory, *args, **kwargs)
+
+    def with_plain_llm(self, dtype: torch.dtype | None = None) -> "OmniLM":
+        """This model with its LLM as a plain transformers model (the same encoders and projectors);
+        itself when the LLM is plain already and needs no cast."""
+        quantized = getattr(self.llm, "is_loaded_in_4bit", False) or getattr(self.llm, "is_loaded_in_8bit", False)
+        current = next(p for p in self.llm.parameters() if p.is_floating_point()).dtype
+        if not hasattr(self.llm, "get_base_model") and not quantized and dtype in (None, current):
+            return self
+        from omnilm.model.merge import plain_llm
+
+        plain = OmniLM(self.config, llm=plain_llm(self.llm, dtype or current), encoders=dict(self.encoders))
+        plain.projectors = self.projectors
+        plain.recipe, plain.inherited = self.recipe, self.inherited
+        return plain
+
+    def _init_weights(self, module) -> None:
+        """Nothing to initialize: projectors start as their constructors made them (seeded), and
+        the encoders and the LLM come loaded or initialized by their own classes."""
+
+    def tie_weights(self, *args, **kwargs) -> None:
+        """A PEFT-wrapped LLM tied its weights when it was loaded (its tied names are its own, not
+        under `llm.`); a plain one is tied by transformers as any submodel."""
+        if not hasattr(self.llm, "get_base_model"):
+            super().tie_weights(*args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.llm.get_input_embeddings()
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.llm.get_output_embeddings()
 
     def train(self, mode: bool = True):
         """Frozen encoders stay in eval mode: no dropout, and BatchNorm keeps its statistics."""
@@ -39,10 +130,6 @@ class OmniLM(nn.Module):
             if not any(p.requires_grad for p in encoder.parameters()):
                 encoder.eval()
         return self
-
-    @property
-    def device(self) -> torch.device:
-        return self.llm.get_input_embeddings().weight.device
 
     def media_features(self, modality: str, media: list[torch.Tensor] | None, features: list[torch.Tensor] | None):
         """Raw inputs through the encoder (or precomputed encoder features) then the projector."""
@@ -109,3 +196,15 @@ class OmniLM(nn.Module):
         """KV-cached generation through the LLM's own `generate`; returns only the new token ids."""
         embeds = self.embed(input_ids, media, features)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+
+def _skeleton_recipe(config: OmniConfig, modality: str):
+    """The recipe entry that builds `modality`'s encoder from its saved transformers config, with
+    random weights (from_pretrained fills them in): the same builder as a recipe's random_config."""
+    settings = copy.deepcopy(config.encoder(modality))
+    sub = config.encoder_config(modality)
+    settings.random_config = sub.to_dict() if sub is not None else {}
+    return settings
+
+
+AutoModel.register(OmniConfig, OmniLM, exist_ok=True)

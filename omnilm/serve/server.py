@@ -18,7 +18,7 @@ def load_state(model_dir: str, *, model_name: str | None = None, api_key: str | 
                allow_special_tokens: bool = False) -> ServerState:
     """Load the model once (audio route and transcriber may override its recipe) and start the engine."""
     from omnilm.config import transcriber_config
-    from omnilm.model.build import load_pretrained
+    from omnilm.model.saved import load_pretrained
 
     model, processor = load_pretrained(model_dir, device=device, audio_route=audio_route,
                                        transcriber=transcriber_config(transcriber, transcriber_backend))

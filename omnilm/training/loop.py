@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from accelerate import PartialState
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from tqdm import tqdm
@@ -24,10 +25,11 @@ from omnilm.config import Recipe, save_recipe
 from omnilm.data.chat import IGNORE
 from omnilm.data.feature_cache import open_recipe_cache
 from omnilm.errors import ConfigError, TrainingStopped
-from omnilm.model.build import RECIPE_FILE, build_model, materialize_random, portable
+from omnilm.model.build import build_model, materialize_random, portable
 from omnilm.model.checks import check_against_model
 from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_save, checkpoint_dirs, disk_full, is_disk_full,
                                      remove_stale_temps)
+from omnilm.model.saved import RECIPE_FILE, write_run_model
 from omnilm.training.batches import training_data
 from omnilm.training.checkpoints import TrainState, read_state, restore, save_checkpoint, trained_weights, track
 from omnilm.training.memory import GIB, estimate_memory, peak_allocated, strategy_of
@@ -77,11 +79,15 @@ def param_groups(model, cfg) -> list[dict]:
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks=()) -> RunResult:
     """Train one stage of `recipe` into `recipe.train.output_dir` (weights, checkpoints, metrics,
-    loss plot). `resume` continues from the latest checkpoint, bit-exactly on a CPU; each
-    callback gets (state, model) after every batch."""
+    loss plot), which ends as a model folder (omnilm.model.saved) that `from_pretrained` loads.
+    `resume` continues from the latest checkpoint, bit-exactly on a CPU; each callback gets
+    (state, model) after every batch."""
     check_against_model(recipe)  # before any folder is made or weight is read
     try:
-        return _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
+        result = _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
+        if PartialState().is_main_process:
+            write_run_model(result.run_dir)  # after _train, so the training model is gone first
+        return result
     except OSError as err:  # metrics, plot, recipe: checkpoints and weights say more themselves
         if not is_disk_full(err):
             raise

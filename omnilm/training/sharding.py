@@ -33,11 +33,9 @@ def is_fsdp(accelerator) -> bool:
 
 
 def shard_units(model) -> None:
-    """FSDP wraps each module whose class the model lists in `_no_split_modules`: the LLM's
-    decoder layers (PhiDecoderLayer, LlamaDecoderLayer, ...). Everything else (encoders,
-    projectors, embeddings) shares the root unit, frozen and trained weights together."""
-    llm = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
-    model._no_split_modules = list(getattr(llm, "_no_split_modules", None) or [])
+    """FSDP wraps each module whose class the model lists in `_no_split_modules` (OmniLM declares
+    its parts' layer classes: PhiDecoderLayer, CLIPEncoderLayer, WhisperEncoderLayer, ...).
+    Everything else (projectors, embeddings, EfficientNet) shares the root unit."""
     # fully_shard warns, on every rank, that the model returns a view (the logits: the LM head's
     # output reshaped), which an in-place op would cut from the backward all-gather. The loop only
     # reads the loss and never edits an output.

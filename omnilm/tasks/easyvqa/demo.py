@@ -11,7 +11,7 @@ from omnilm.audio.transcribe import make_transcriber
 from omnilm.data.audio import load_audio
 from omnilm.data.speech import TEST_VOICE, synthesize
 from omnilm.eval.runner import generate_texts, last_line, split_prompt
-from omnilm.model.build import load_pretrained
+from omnilm.model.saved import load_pretrained
 from omnilm.tasks.easyvqa.data import load_easyvqa, to_sample
 from omnilm.tasks.easyvqa.evaluation import REPLY_TOKENS
 from omnilm.zoo.whisper_ct2 import whisper_ct2_dir

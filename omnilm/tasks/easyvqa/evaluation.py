@@ -12,7 +12,7 @@ from omnilm.data.audio import load_audio
 from omnilm.data.sample import AUDIO_TOKEN, Message, Sample
 from omnilm.data.sources import load_samples
 from omnilm.eval.runner import evaluate, generate_texts, split_prompt
-from omnilm.model.build import load_pretrained
+from omnilm.model.saved import load_pretrained
 from omnilm.tasks.easyvqa.report import scores
 
 EVAL_SEED = 0  # the fixed test sample: the same whatever --seed trains with

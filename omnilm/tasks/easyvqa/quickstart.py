@@ -47,7 +47,7 @@ from omnilm.data.feature_cache import FeatureCache, encoder_identity
 from omnilm.data.sources import load_samples
 from omnilm.data.speech import INSTALL as ESPEAK_INSTALL, TEST_VOICE, synthesize
 from omnilm.errors import ConfigError, MissingDependency, OmniError
-from omnilm.model.build import RECIPE_FILE
+from omnilm.model.saved import RECIPE_FILE
 from omnilm.model.checkpoint import WEIGHTS
 from omnilm.tasks.easyvqa.data import load_easyvqa
 from omnilm.tasks.easyvqa.demo import demo
