@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omnilm.config import load_recipe  # noqa: E402
 from omnilm.data.fixtures import draw_shape  # noqa: E402
-from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample  # noqa: E402
+from omnilm.core.sample import PLACEHOLDER_IDS, Message, Sample  # noqa: E402
 from omnilm.generation import GenerationConfig, generate, prepare  # noqa: E402
 from omnilm.model.build import build_model  # noqa: E402
 

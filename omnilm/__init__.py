@@ -27,8 +27,8 @@ PUBLIC = {
     "build_model": "omnilm.model.build",         # recipe -> (OmniLM, OmniProcessor), untrained parts
     "load_pretrained": "omnilm.model.build",     # run or export folder -> (OmniLM, OmniProcessor)
     "train": "omnilm.training.loop",             # one stage of a recipe -> RunResult
-    "Sample": "omnilm.data.sample",              # messages + images + audios
-    "Message": "omnilm.data.sample",
+    "Sample": "omnilm.core.sample",              # messages + images + audios
+    "Message": "omnilm.core.sample",
     "GenerationConfig": "omnilm.generation",
     "generate": "omnilm.generation",             # batched, KV-cached generation
     "stream": "omnilm.generation",               # text pieces as they are generated

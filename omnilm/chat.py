@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.errors import MediaError, OmniError
 from omnilm.generation import GenerationConfig, stream
 

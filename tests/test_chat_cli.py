@@ -6,7 +6,7 @@ import pytest
 
 from omnilm.chat import ChatSession, run_repl, with_markers
 from omnilm.cli import main
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.generation import GenerationConfig, generate
 from omnilm.model.build import load_pretrained
 from omnilm.training.loop import train

@@ -15,7 +15,7 @@ from omnilm.data.audio import load_audio
 from omnilm.data.check import check_data, data_processor
 from omnilm.data.dataset import SampleDataset
 from omnilm.data.rows import LOGGED_SKIPS
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.data.sources import load_samples
 from omnilm.errors import DataError, MediaError
 from omnilm.training.cache import cache_features

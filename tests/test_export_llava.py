@@ -14,7 +14,7 @@ from transformers import (AutoProcessor, CLIPImageProcessorPil, CLIPVisionConfig
 from omnilm.cli import main
 from omnilm.config import load_recipe, save_recipe
 from omnilm.data.fixtures import draw_shape
-from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample
+from omnilm.core.sample import PLACEHOLDER_IDS, Message, Sample
 from omnilm.model.build import RECIPE_FILE, build_model, load_pretrained, materialize_random, portable
 from omnilm.model.checkpoint import save_trained_weights
 from omnilm.model.export import export

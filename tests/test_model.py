@@ -7,7 +7,7 @@ from transformers import (AutoImageProcessor, CLIPImageProcessorPil, CLIPVisionC
 
 from omnilm.config import EncoderConfig
 from omnilm.data.collate import collate
-from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample
+from omnilm.core.sample import PLACEHOLDER_IDS, Message, Sample
 from omnilm.errors import PlaceholderMismatch
 from omnilm.model.build import build_model
 from omnilm.model.encoders import build_encoder

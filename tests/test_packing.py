@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from omnilm.data.chat import IGNORE
+from omnilm.core.sample import IGNORE
 from omnilm.data.collate import collate
 from omnilm.data.packing import pack_rows
 from omnilm.data.processor import Encoded

@@ -10,7 +10,7 @@ import pytest
 from omnilm.config import load_recipe
 from omnilm.data.fixtures import draw_shape
 from omnilm.data.processor import OmniProcessor
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.generation import GenerationConfig, generate
 from omnilm.model.build import build_model, load_pretrained
 from omnilm.model.export import export_model

@@ -1,8 +1,8 @@
 """Token-exact rendering: ids and labels built together, media expanded into placeholders."""
 import pytest
 
-from omnilm.data.chat import IGNORE, get_template, render
-from omnilm.data.sample import PLACEHOLDER_IDS, Message
+from omnilm.data.chat import get_template, render
+from omnilm.core.sample import IGNORE, PLACEHOLDER_IDS, Message
 from omnilm.errors import DataError
 from omnilm.model.tokenizer import byte_tokenizer
 
@@ -105,7 +105,7 @@ def test_processor_with_media_first_reads_every_layout_alike(tok):
     import torch
 
     from omnilm.data.processor import OmniProcessor
-    from omnilm.data.sample import Sample
+    from omnilm.core.sample import Sample
 
     def encode(text, **options):
         processor = OmniProcessor(tok, "plain", {}, {}, 512, **options)

@@ -2,7 +2,7 @@
 import pytest
 
 from omnilm.config import TranscriberConfig, load_recipe
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.errors import ConfigError, DataError
 from omnilm.model.build import build_model, load_pretrained
 from omnilm.training.loop import train

@@ -8,7 +8,8 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from omnilm.errors import MediaError, MissingDependency, OmniError
-from omnilm.model.projector import FrameStack, build_projector, llm_tokens, stack_frames
+from omnilm.core.components import llm_tokens
+from omnilm.model.projector import FrameStack, build_projector, stack_frames
 from omnilm.model.whisper_encoder import WhisperAudioEncoder
 
 SR = 16000

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from omnilm.data.audio import SAMPLING_RATE, load_sample_audio
-from omnilm.data.sample import AUDIO_TOKEN, Message, Sample
+from omnilm.core.sample import AUDIO_TOKEN, Message, Sample
 from omnilm.errors import DataError, MediaError, OmniError
 from omnilm.extras import require
 

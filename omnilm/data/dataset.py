@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from omnilm.data.feature_cache import media_key
 from omnilm.data.rows import LOGGED_SKIPS
-from omnilm.data.sample import Sample
+from omnilm.core.sample import Sample
 from omnilm.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,12 @@ import torch
 
 from omnilm.audio.transcribe import SpeechToText
 from omnilm.data.audio import load_sample_audio
-from omnilm.data.chat import IGNORE, get_template, media_first, render
+from omnilm.data.chat import get_template, media_first, render
+from omnilm.core.sample import IGNORE
 from omnilm.data.images import load_image
-from omnilm.data.sample import Message, Sample, check_messages
+from omnilm.core.sample import Message, Sample, check_messages
 from omnilm.errors import DataError, MediaError
-from omnilm.model.components import ENCODERS
-from omnilm.model.projector import llm_tokens
+from omnilm.core.components import ENCODERS, llm_tokens
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omnilm.config import DataConfig
 from omnilm.data.rows import Loaded, RowCollector
-from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.errors import ConfigError, DataError
 from omnilm.tasks.easyvqa.source import easyvqa
 

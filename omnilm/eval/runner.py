@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from omnilm.data.sample import Sample
+from omnilm.core.sample import Sample
 from omnilm.errors import ConfigError, DataError
 from omnilm.eval.metrics import accuracy_by_group, bleu4, cider, vqa_accuracy, word_error_rate
 

@@ -26,7 +26,7 @@ from omnilm.errors import ConfigError, OmniError
 from omnilm.extras import require
 from omnilm.model.checkpoint import atomic_folder, load_trained_weights, nbytes, weights_file
 from omnilm.model.checks import check_against_model, check_llava_start
-from omnilm.model.components import ENCODERS
+from omnilm.core.components import ENCODERS
 from omnilm.model.encoders import build_encoder
 from omnilm.model.omni import OmniLM
 from omnilm.model.paths import LOCAL, resolve_path

@@ -7,7 +7,7 @@ An encoder exposes:
   num_tokens(inputs) -> int       how many feature vectors that input becomes
   forward(list[Tensor]) -> list[Tensor [T_i, hidden_size]]
 Constructors take built modules and do no I/O; `build_encoder` does the loading, through the
-type's entry in omnilm.model.components.ENCODERS.
+type's entry in omnilm.core.components.ENCODERS.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from transformers.utils import cached_file
 from omnilm.config import EncoderConfig
 from omnilm.data.images import CLIP_MEAN, CLIP_STD, ImageTransform
 from omnilm.errors import ConfigError
-from omnilm.model.components import encoder_spec
+from omnilm.core.components import encoder_spec
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 VISION_TOWERS = {  # config model_type -> (config class, vision model class)

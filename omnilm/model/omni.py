@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnilm.data.chat import IGNORE
-from omnilm.data.sample import PLACEHOLDER_IDS
+from omnilm.core.sample import IGNORE, PLACEHOLDER_IDS
 from omnilm.errors import PlaceholderMismatch
 from omnilm.model.projector import project
 

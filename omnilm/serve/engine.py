@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from omnilm.data.processor import Encoded
-from omnilm.data.sample import Sample
+from omnilm.core.sample import Sample
 from omnilm.errors import OmniError
 from omnilm.generation import GenerationCancelled, GenerationConfig, generate
 from omnilm.serve.limits import Limits

@@ -7,6 +7,7 @@ nothing heavy: an entry names its builder as "module:function", imported only to
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 
 from omnilm.errors import ConfigError
@@ -61,3 +62,9 @@ def encoder_spec(type_: str, where: str) -> EncoderSpec:
         choices = ", ".join(f"{name} ({spec.modality})" for name, spec in ENCODERS.items())
         raise ConfigError(f"{where} {type_!r}: not an encoder type; choose one of {choices}")
     return ENCODERS[type_]
+
+
+def llm_tokens(features: int, stack: int = 1, tokens_per_feature: int = 1) -> int:
+    """How many LLM tokens `features` encoder feature vectors of one item become: what the
+    projector makes of them (stack k frames into one vector, expand each vector to t tokens)."""
+    return math.ceil(features / stack) * tokens_per_feature
