@@ -23,7 +23,7 @@ PUBLIC = {
     "load_recipe": "omnilm.config",              # YAML recipe (+ dotted overrides) -> checked Recipe
     "Recipe": "omnilm.config",
     "OmniLM": "omnilm.model.omni",               # encoders + projectors + any HF causal LM
-    "OmniProcessor": "omnilm.data.processor",    # tokenizer, template, media -> model inputs
+    "OmniProcessor": "omnilm.model.processing",  # tokenizer, template, media -> model inputs
     "build_model": "omnilm.model.build",         # recipe -> (OmniLM, OmniProcessor), untrained parts
     "load_pretrained": "omnilm.model.build",     # run or export folder -> (OmniLM, OmniProcessor)
     "train": "omnilm.training.loop",             # one stage of a recipe -> RunResult

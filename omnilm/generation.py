@@ -23,7 +23,7 @@ from transformers.generation import (LogitsProcessorList, RepetitionPenaltyLogit
                                      TopPLogitsWarper)
 
 from omnilm.data.collate import Batch, collate
-from omnilm.data.processor import Encoded
+from omnilm.data.encoded import Encoded
 from omnilm.core.sample import Sample
 from omnilm.errors import ConfigError
 

@@ -104,11 +104,11 @@ def test_processor_with_media_first_reads_every_layout_alike(tok):
     (the API keeps the order of the parts) is the same prompt to the model."""
     import torch
 
-    from omnilm.data.processor import OmniProcessor
+    from omnilm.model.processing import OmniProcessor
     from omnilm.core.sample import Sample
 
     def encode(text, **options):
-        processor = OmniProcessor(tok, "plain", {}, {}, 512, **options)
+        processor = OmniProcessor(tok, template="plain", max_length=512, **options)
         sample = Sample([Message("user", text), Message("assistant", "no")], images=["a.png"])
         return processor(sample, features={"image": [torch.zeros(3, 8)]}).input_ids.tolist()
 

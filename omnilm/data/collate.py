@@ -8,7 +8,7 @@ import torch
 
 from omnilm.core.sample import IGNORE
 from omnilm.data.packing import pack
-from omnilm.data.processor import Encoded
+from omnilm.data.encoded import Encoded
 
 
 @dataclass

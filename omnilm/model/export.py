@@ -38,6 +38,7 @@ def export_model(model, processor, out, dtype: torch.dtype | None = None, card=N
     recipe.model.llm.quantization, recipe.model.llm.lora, recipe.model.llm.gguf_file = "none", None, None
     for modality, encoder in model.encoders.items():
         encoder.save_pretrained(tmp / f"{modality}_encoder")
+        processor.media_part(modality).save_pretrained(tmp / f"{modality}_encoder")  # its preprocessing beside it
         enc_cfg = getattr(recipe.model, modality)
         enc_cfg.name_or_path, enc_cfg.random_config = LOCAL + f"{modality}_encoder", None
     projectors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if n.startswith("projectors.")}
