@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from omnilm.config import load_recipe  # noqa: E402
 from omnilm.data.fixtures import draw_shape  # noqa: E402
-from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample  # noqa: E402
+from omnilm.core.sample import PLACEHOLDER_IDS, Message, Sample  # noqa: E402
 from omnilm.generation import GenerationConfig, generate, prepare  # noqa: E402
 from omnilm.model.build import build_model  # noqa: E402
 
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     llm_cfg = omni.llm.config
     prompt_len = prepare(omni, processor, [sample])[1][0]
     print(f"\nsize {args.size}: Phi hidden {llm_cfg.hidden_size} x {llm_cfg.num_hidden_layers} layers, CLIP "
-          f"{image_size}px ({omni.encoders['image'].tokens} image tokens), prompt {prompt_len} tokens; "
+          f"{image_size}px ({processor.image_tokens} image tokens), prompt {prompt_len} tokens; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}; "
           f"best of {args.repeats}; load average {os.getloadavg()[0]:.1f}")

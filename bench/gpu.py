@@ -310,7 +310,7 @@ def stage2(bench: Bench, quantization: str) -> dict:
 
 
 def section_generation(bench: Bench) -> dict:
-    from omnilm.data.sample import Message, Sample
+    from omnilm.core.sample import Message, Sample
     from omnilm.generation import GenerationConfig, generate
     from omnilm.model.build import build_model
 

@@ -27,11 +27,11 @@ from pathlib import Path
 import torch
 
 from omnilm.config import load_recipe
-from omnilm.data.chat import IGNORE
+from omnilm.core.sample import IGNORE
 from omnilm.data.collate import collate
 from omnilm.data.dataset import ResumableBatches
-from omnilm.data.processor import Encoded
-from omnilm.data.sample import PLACEHOLDER_IDS
+from omnilm.data.encoded import Encoded
+from omnilm.core.sample import PLACEHOLDER_IDS
 from omnilm.model.build import build_model
 from omnilm.training.stages import apply_stage
 

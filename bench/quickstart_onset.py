@@ -71,7 +71,7 @@ def main() -> None:
         if state.step % args.every or state.step in done:
             return
         done.add(state.step)
-        processor = build_processor(recipe, model.encoders)  # training's own, from the same recipe
+        processor = build_processor(recipe)  # training's own, from the same recipe
         row = {"step": state.step, "train_seconds": round(time.perf_counter() - started, 1)}
         for key, samples in sets.items():
             result = evaluate(model, processor, samples, "vqa", batch_size=64, max_new_tokens=REPLY_TOKENS, progress=False,

@@ -85,7 +85,7 @@ def seed_style(recipe, steps: int, warmup: int) -> float:
         pair = [samples[(2 * step + i) % len(samples)] for i in range(2)]
         loss_total = 0.0
         for sample in pair:  # one sample at a time, as the original's collate-free loop did
-            pixels = encoder.preprocess(load_image(sample.images[0])).to(device)
+            pixels = processor.preprocess("image", load_image(sample.images[0])).to(device)
             with torch.autocast(device, dtype=dtype, enabled=device == "cuda"):
                 feats = projector(encoder([pixels])[0].float().unsqueeze(0))  # [1, P, D]
                 caption = tok(sample.messages[1].content, add_special_tokens=False, return_tensors="pt").input_ids

@@ -23,12 +23,12 @@ PUBLIC = {
     "load_recipe": "omnilm.config",              # YAML recipe (+ dotted overrides) -> checked Recipe
     "Recipe": "omnilm.config",
     "OmniLM": "omnilm.model.omni",               # encoders + projectors + any HF causal LM
-    "OmniProcessor": "omnilm.data.processor",    # tokenizer, template, media -> model inputs
+    "OmniProcessor": "omnilm.model.processing",  # tokenizer, template, media -> model inputs
     "build_model": "omnilm.model.build",         # recipe -> (OmniLM, OmniProcessor), untrained parts
     "load_pretrained": "omnilm.model.saved",      # run or export folder -> (OmniLM, OmniProcessor)
     "train": "omnilm.training.loop",             # one stage of a recipe -> RunResult
-    "Sample": "omnilm.data.sample",              # messages + images + audios
-    "Message": "omnilm.data.sample",
+    "Sample": "omnilm.core.sample",              # messages + images + audios
+    "Message": "omnilm.core.sample",
     "GenerationConfig": "omnilm.generation",
     "generate": "omnilm.generation",             # batched, KV-cached generation
     "stream": "omnilm.generation",               # text pieces as they are generated

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.audio.route import Transcription
+from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.errors import MediaError, OmniError
 from omnilm.generation import GenerationConfig, stream
 
@@ -23,10 +24,13 @@ HELP = """commands:
 
 class ChatSession:
     def __init__(self, model, processor, config: GenerationConfig | None = None, system: str | None = None,
-                 on_transcript: Callable[[list[str]], object] | None = None):
-        """`on_transcript` hears what Whisper made of each turn's audio (transcription route)."""
+                 on_transcript: Callable[[list[str]], object] | None = None,
+                 transcription: Transcription | None = None):
+        """`on_transcript` hears what Whisper made of each turn's audio (transcription route);
+        `transcription` is that step (the processor's when not given)."""
         self.model = model
         self.processor = processor
+        self.transcription = transcription or Transcription.for_processor(processor)
         self.config = config or GenerationConfig()
         self.system = system
         self.on_transcript = on_transcript
@@ -58,8 +62,8 @@ class ChatSession:
         audios = self.pending_audios + list(audios)
         self.pending_images, self.pending_audios = [], []
         user = Message("user", with_markers(text, len(images), len(audios)))
-        if audios and self.processor.audio_route == "transcribe":
-            heard, transcripts = self.processor.transcribe(Sample([user], audios=audios))
+        if audios and self.transcription.active:
+            heard, transcripts = self.transcription(Sample([user], audios=audios))
             user, audios = heard.messages[0], []
             if self.on_transcript:
                 self.on_transcript(transcripts)

@@ -43,7 +43,7 @@ def cmd_cache_features(args) -> None:
 def cmd_data_check(args) -> int:
     from pathlib import Path
 
-    from omnilm.data.check import check_data
+    from omnilm.model.data_check import check_data
 
     report = check_data(_recipe(args), progress=not args.quiet)
     for line in report.bad:

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import yaml
 
 from omnilm.errors import ConfigError
-from omnilm.model.components import ENCODERS, encoder_spec
+from omnilm.core.components import ENCODERS, encoder_spec
 
 SEED_LIMIT = 2**32  # numpy and torch generators both take seeds in [0, 2**32)
 
@@ -61,7 +61,7 @@ class ProjectorConfig:
 
 @dataclass
 class EncoderConfig:
-    type: str = "clip"  # registry name, see omnilm.model.components.ENCODERS
+    type: str = "clip"  # registry name, see omnilm.core.components.ENCODERS
     name_or_path: Optional[str] = None  # hub id or folder of pretrained weights
     random_config: Optional[dict] = None  # build a randomly initialised encoder from this config
     layer: int = -1  # which hidden state to take (-1 = last, -2 = LLaVA's choice)

@@ -23,8 +23,8 @@ from transformers.generation import (LogitsProcessorList, RepetitionPenaltyLogit
                                      TopPLogitsWarper)
 
 from omnilm.data.collate import Batch, collate
-from omnilm.data.processor import Encoded
-from omnilm.data.sample import Sample
+from omnilm.data.encoded import Encoded
+from omnilm.core.sample import Sample
 from omnilm.errors import ConfigError
 
 # The prompt reaches the LLM as embeddings, so transformers can only penalise generated tokens;

@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from omnilm.config import load_recipe
 from omnilm.data.collate import collate
-from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample
+from omnilm.core.sample import PLACEHOLDER_IDS, Message, Sample
 from omnilm.model.build import build_model
 from omnilm.model.checkpoint import load_trained_weights
 from omnilm.model.projector import FrameStack

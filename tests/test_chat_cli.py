@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from omnilm.audio.route import Transcription
 from omnilm.chat import ChatSession, run_repl, with_markers
 from omnilm.cli import main
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.generation import GenerationConfig, generate
 from omnilm.model.saved import load_pretrained
 from omnilm.training.loop import train
@@ -155,9 +156,9 @@ def test_one_shot_transcription_route_from_the_command_line(run, tmp_path, capsy
     voiced, voiced_processor = load_pretrained(run_dir, audio_route="transcribe",
                              transcriber=TranscriberConfig("ctranslate2", "zoo:whisper-tiny.en"))
     sample = Sample([Message("user", "<image>\nQuestion: <audio>\nAnswer:")], images=[str(image)], audios=[str(wav)])
-    heard = voiced_processor.encode_prompt(sample).transcripts[0]
+    heard_sample, (heard,) = Transcription.for_model(voiced)(sample)
     assert "colo" in heard.lower() and "shape" in heard.lower()
-    expected = generate(voiced, voiced_processor, [sample], GenerationConfig(max_new_tokens=8))[0].text
+    expected = generate(voiced, voiced_processor, [heard_sample], GenerationConfig(max_new_tokens=8))[0].text
     printed = capsys.readouterr()
     assert printed.out == expected + "\n"
     assert f"(heard: {heard})" in printed.err  # what Whisper heard, beside the answer

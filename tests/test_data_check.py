@@ -12,10 +12,11 @@ import soundfile as sf
 from omnilm.cli import main
 from omnilm.config import DataConfig
 from omnilm.data.audio import load_audio
-from omnilm.data.check import check_data, data_processor
+from omnilm.model.build import build_processor
+from omnilm.model.data_check import check_data
 from omnilm.data.dataset import SampleDataset
 from omnilm.data.rows import LOGGED_SKIPS
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.data.sources import load_samples
 from omnilm.errors import DataError, MediaError
 from omnilm.training.cache import cache_features
@@ -97,7 +98,7 @@ def test_empty_assistant_reply_is_a_bad_row(tmp_path):
 
 
 def test_processor_refuses_an_empty_reply_built_in_code(tiny_data, tmp_path):
-    processor = data_processor(tiny_recipe(tiny_data, tmp_path))
+    processor = build_processor(tiny_recipe(tiny_data, tmp_path))
     processor(Sample([Message("user", "hi"), Message("assistant", "hello")], id="fine"))
     with pytest.raises(DataError, match=r"sample q7: turn 2: empty assistant reply"):
         processor(Sample([Message("user", "hi"), Message("assistant", "")], id="q7"))
@@ -208,7 +209,7 @@ def test_training_with_skip_bad_names_each_skipped_item(tiny_data, tmp_path, cap
 def test_skipped_samples_are_named_once_each_up_to_a_cap(tiny_data, tmp_path, caplog):
     missing = [Sample([Message("user", "<image>"), Message("assistant", "a square")], [str(tmp_path / f"{i}.jpg")],
                       id=f"s{i}") for i in range(LOGGED_SKIPS + 5)]
-    dataset = SampleDataset(missing, data_processor(tiny_recipe(tiny_data, tmp_path)), skip_bad=True)
+    dataset = SampleDataset(missing, build_processor(tiny_recipe(tiny_data, tmp_path)), skip_bad=True)
     for _ in range(2):  # two epochs
         assert [dataset[i] for i in range(len(dataset))] == [None] * len(dataset)
     messages = [r.getMessage() for r in caplog.records]

@@ -159,7 +159,8 @@ def test_balance_yes_no_evens_each_question(train_rows):
 
 def test_the_easyvqa_source_is_the_task_packages_registry_entry():
     """Core data code only names the task's source; loading data pulls in no quickstart, no torch."""
-    code = ("import sys; from omnilm.data.sources import SOURCES; print(SOURCES['easyvqa'].__module__, "
+    code = ("import sys; from omnilm.data.sources import source_function; "
+            "print(source_function('easyvqa').__module__, "
             "sorted(m for m in sys.modules if m.startswith(('torch', 'omnilm.tasks.easyvqa.'))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out == ("omnilm.tasks.easyvqa.source ['omnilm.tasks.easyvqa.data', 'omnilm.tasks.easyvqa.source']\n")

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from omnilm import cli
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.errors import ConfigError, DataError
 from omnilm.eval import runner
 from omnilm.model.build import build_model

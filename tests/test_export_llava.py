@@ -14,7 +14,7 @@ from transformers import (AutoProcessor, CLIPImageProcessorPil, CLIPVisionConfig
 from omnilm.cli import main
 from omnilm.config import load_recipe, save_recipe
 from omnilm.data.fixtures import draw_shape
-from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample
+from omnilm.core.sample import PLACEHOLDER_IDS, Message, Sample
 from omnilm.model.build import build_model, materialize_random, portable
 from omnilm.model.saved import RECIPE_FILE, load_pretrained
 from omnilm.model.checkpoint import save_trained_weights

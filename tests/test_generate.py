@@ -9,7 +9,7 @@ import torch
 
 from omnilm.config import load_recipe
 from omnilm.data.fixtures import draw_shape
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.errors import ConfigError, DataError
 from omnilm.generation import Completion, GenerationConfig, generate, stream
 from omnilm.model.build import build_model

@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 
 from omnilm.config import DataConfig
-from omnilm.data.check import data_processor
+from omnilm.model.build import build_processor
 from omnilm.data.fixtures import caption_rows, trl_dataset, write_shards
 from omnilm.data.sources import load_samples
 from omnilm.data.streaming import StreamedBatches
@@ -67,7 +67,7 @@ def as_trl_markers(root):  # TRL layout with <image> in string content and image
 
 @pytest.fixture(scope="module")
 def processor(tiny_data, tmp_path_factory):
-    return data_processor(tiny_recipe(tiny_data, tmp_path_factory.mktemp("p")))
+    return build_processor(tiny_recipe(tiny_data, tmp_path_factory.mktemp("p")))
 
 
 @pytest.mark.parametrize("write", [as_jsonl, as_parquet, as_arrow, as_saved, as_shards, as_trl_markers])

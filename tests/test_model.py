@@ -7,10 +7,11 @@ from transformers import (AutoImageProcessor, CLIPImageProcessorPil, CLIPVisionC
 
 from omnilm.config import EncoderConfig
 from omnilm.data.collate import collate
-from omnilm.data.sample import PLACEHOLDER_IDS, Message, Sample
+from omnilm.core.sample import PLACEHOLDER_IDS, Message, Sample
 from omnilm.errors import PlaceholderMismatch
 from omnilm.model.build import build_model
 from omnilm.model.encoders import build_encoder
+from omnilm.model.preprocessors import vision_tower_preprocessor
 from omnilm.training.stages import apply_stage
 from tests.conftest import tiny_recipe
 
@@ -116,6 +117,10 @@ def test_projector_can_expand_each_feature_into_several_tokens(tiny_data, tmp_pa
     torch.testing.assert_close(embeds[batch.input_ids == PLACEHOLDER_IDS["image"]], expected)
 
 
+def pixels_of(part, image) -> torch.Tensor:
+    return part(image, return_tensors="pt")["pixel_values"][0]  # [3, S, S]
+
+
 def tower_folder(path, kind: str):
     """A tiny random CLIP or SigLIP tower saved with its own image processor, as on the hub."""
     sizes = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
@@ -131,22 +136,23 @@ def tower_folder(path, kind: str):
 
 def test_siglip_folder_is_preprocessed_by_its_own_processor_without_a_centre_crop(tmp_path):
     folder = tower_folder(tmp_path / "siglip", "siglip")
-    encoder = build_encoder(EncoderConfig(type="siglip", name_or_path=str(folder)))
+    part = vision_tower_preprocessor(EncoderConfig(type="siglip", name_or_path=str(folder))).part
     wide = Image.new("RGB", (128, 32), (0, 0, 255))
     wide.paste((255, 0, 0), (0, 0, 16, 32))  # a red strip at the left edge, which a centre crop cuts away
-    pixels = encoder.preprocess(wide)  # [3, 32, 32], SigLIP normalization: (x - 0.5) / 0.5
+    pixels = pixels_of(part, wide)  # [3, 32, 32], SigLIP normalization: (x - 0.5) / 0.5
     assert pixels.shape == (3, 32, 32)
     assert pixels[0, :, 0].min() > 0.9 and pixels[2, :, 0].max() < -0.9  # the strip is still there, red
     own = AutoImageProcessor.from_pretrained(folder, backend="pil")(wide, return_tensors="pt")["pixel_values"][0]
     torch.testing.assert_close(pixels, own, rtol=0, atol=0)
-    encoder.save_pretrained(tmp_path / "saved")  # an export keeps the processor
-    again = build_encoder(EncoderConfig(type="siglip", name_or_path=str(tmp_path / "saved")))
-    torch.testing.assert_close(again.preprocess(wide), pixels, rtol=0, atol=0)
+    build_encoder(EncoderConfig(type="siglip", name_or_path=str(folder))).save_pretrained(tmp_path / "saved")
+    part.save_pretrained(tmp_path / "saved")  # an export writes the processor's part beside the tower
+    again = vision_tower_preprocessor(EncoderConfig(type="siglip", name_or_path=str(tmp_path / "saved"))).part
+    torch.testing.assert_close(pixels_of(again, wide), pixels, rtol=0, atol=0)
 
 
 def test_clip_folder_keeps_the_centre_crop_of_its_own_processor(tmp_path):
-    encoder = build_encoder(EncoderConfig(type="clip", name_or_path=str(tower_folder(tmp_path, "clip"))))
+    part = vision_tower_preprocessor(EncoderConfig(type="clip", name_or_path=str(tower_folder(tmp_path, "clip")))).part
     wide = Image.new("RGB", (128, 32), (0, 0, 255))
     wide.paste((255, 0, 0), (0, 0, 16, 32))
-    pixels = encoder.preprocess(wide)
+    pixels = pixels_of(part, wide)
     assert pixels.shape == (3, 32, 32) and pixels[0].max() < 0  # only the blue centre is kept

@@ -5,10 +5,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from omnilm.data.chat import IGNORE
+from omnilm.core.sample import IGNORE
 from omnilm.data.collate import collate
 from omnilm.data.packing import pack_rows
-from omnilm.data.processor import Encoded
+from omnilm.data.encoded import Encoded
 from omnilm.data.sources import load_samples
 from omnilm.model.build import build_model
 from omnilm.model.omni import OmniLM

@@ -9,8 +9,8 @@ import pytest
 
 from omnilm.config import load_recipe
 from omnilm.data.fixtures import draw_shape
-from omnilm.data.processor import OmniProcessor
-from omnilm.data.sample import Message, Sample
+from omnilm.model.processing import OmniProcessor
+from omnilm.core.sample import Message, Sample
 from omnilm.generation import GenerationConfig, generate
 from omnilm.model.build import build_model
 from omnilm.model.saved import load_pretrained
@@ -79,16 +79,16 @@ def test_export_saves_both_and_load_returns_both(built, tmp_path):
 
 @pytest.fixture
 def preprocessed(built, monkeypatch):
-    """How many images the processor has read and preprocessed (a counter around the encoder's own)."""
-    encoder = built[1].encoders["image"]
+    """How many images the processor has read and preprocessed (a counter around its own preprocess)."""
+    processor = built[1]
     calls = []
-    original = encoder.preprocess
+    original = processor.preprocess
 
-    def counting(image):
-        calls.append(image)
-        return original(image)
+    def counting(modality, item):
+        calls.append(item)
+        return original(modality, item)
 
-    monkeypatch.setattr(encoder, "preprocess", counting)
+    monkeypatch.setattr(processor, "preprocess", counting)
     return calls
 
 

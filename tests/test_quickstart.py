@@ -215,16 +215,20 @@ def test_efficientnet_pool_grid_averages_the_feature_grid():
 
     from omnilm.config import EncoderConfig
     from omnilm.model.efficientnet_encoder import build_efficientnet_encoder
+    from omnilm.model.preprocessors import efficientnet_preprocessor
 
     full = build_efficientnet_encoder(EncoderConfig(type="efficientnet_lite0", random_config={}, image_size=128), 0)
     pooled = build_efficientnet_encoder(
         EncoderConfig(type="efficientnet_lite0", random_config={}, image_size=128, pool_grid=2), 0)
     pooled.net.load_state_dict(full.net.state_dict())
-    pixels = full.preprocess(Image.effect_noise((64, 64), 40).convert("RGB"))
+    image = Image.effect_noise((64, 64), 40).convert("RGB")
+    preprocessors = [efficientnet_preprocessor(EncoderConfig(type="efficientnet_lite0", random_config={},
+                                                             image_size=128, pool_grid=grid)) for grid in (None, 2)]
+    pixels = preprocessors[0].part(image, return_tensors="pt")["pixel_values"][0]  # [3, 128, 128]
     with torch.no_grad():
         grid = full([pixels])[0]  # [16, 1280]: a 4 x 4 grid
         tokens = pooled([pixels])[0]  # [4, 1280]
-    assert full.num_tokens(pixels) == 16 and pooled.num_tokens(pixels) == 4 and tokens.shape == (4, 1280)
+    assert [p.image_tokens for p in preprocessors] == [16, 4] and grid.shape[0] == 16 and tokens.shape == (4, 1280)
     blocks = grid.view(2, 2, 2, 2, 1280).permute(0, 2, 1, 3, 4).reshape(4, 4, 1280).mean(1)  # 2 x 2 blocks
     torch.testing.assert_close(tokens, blocks, atol=1e-5, rtol=1e-4)
     with pytest.raises(ConfigError, match="pool_grid"):

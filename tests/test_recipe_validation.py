@@ -15,7 +15,7 @@ from omnilm.config import EncoderConfig, load_recipe
 from omnilm.errors import OmniError
 from omnilm.model.build import materialize_random
 from omnilm.model.checks import check_against_model
-from omnilm.model.components import ENCODERS
+from omnilm.core.components import ENCODERS
 from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 
@@ -64,7 +64,7 @@ CASES = [  # (id, recipe, overrides, what the error must say)
     ("lr_scale_negative", STAGE1, ["--train.lr_scale.image_projector=-1"],
      r"train\.lr_scale\.image_projector = -1: must be a finite number in \[0, 100\]"),
     ("section_as_list", "train-as-list", [], r"train: expected a mapping, got list"),
-    # encoder facts now come from one registry (omnilm.model.components); a siglip without weights passed
+    # encoder facts now come from one registry (omnilm.core.components); a siglip without weights passed
     ("siglip_without_weights", STAGE1, ["--model.image.type=siglip", "--model.image.random_config="],
      r"model\.image\.name_or_path: a siglip encoder needs weights: set name_or_path"),
     ("audio_encoder_as_image", STAGE1, ["--model.image.type=whisper"],

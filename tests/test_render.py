@@ -1,8 +1,8 @@
 """Token-exact rendering: ids and labels built together, media expanded into placeholders."""
 import pytest
 
-from omnilm.data.chat import IGNORE, get_template, render
-from omnilm.data.sample import PLACEHOLDER_IDS, Message
+from omnilm.data.chat import get_template, render
+from omnilm.core.sample import IGNORE, PLACEHOLDER_IDS, Message
 from omnilm.errors import DataError
 from omnilm.model.tokenizer import byte_tokenizer
 
@@ -104,11 +104,11 @@ def test_processor_with_media_first_reads_every_layout_alike(tok):
     (the API keeps the order of the parts) is the same prompt to the model."""
     import torch
 
-    from omnilm.data.processor import OmniProcessor
-    from omnilm.data.sample import Sample
+    from omnilm.model.processing import OmniProcessor
+    from omnilm.core.sample import Sample
 
     def encode(text, **options):
-        processor = OmniProcessor(tok, "plain", {}, {}, 512, **options)
+        processor = OmniProcessor(tok, template="plain", max_length=512, **options)
         sample = Sample([Message("user", text), Message("assistant", "no")], images=["a.png"])
         return processor(sample, features={"image": [torch.zeros(3, 8)]}).input_ids.tolist()
 

@@ -241,7 +241,7 @@ def test_disconnected_stream_is_cancelled(server, engine):
 
 def test_transcription_route_puts_what_was_said_in_the_prompt(tmp_path):
     from omnilm.config import TranscriberConfig
-    from omnilm.data.sample import Message, Sample
+    from omnilm.core.sample import Message, Sample
     from omnilm.data.speech import TRAIN_VOICE, synthesize
     from omnilm.generation import GenerationConfig
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from test_serve_support import free_port, running_server, write_tiny_model
 
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.serve.api import create_app
 from tests.conftest import SERVED_NAME as MODEL
 

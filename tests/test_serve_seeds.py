@@ -2,7 +2,7 @@
 `seed` promises for the same request), and the seed still matters."""
 from __future__ import annotations
 
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.generation import GenerationConfig
 
 SAMPLED = dict(max_new_tokens=24, temperature=1.0, ignore_eos=True)

@@ -1,8 +1,9 @@
 """The transcription route: Whisper turns speech into prompt text (the original app's way)."""
 import pytest
 
+from omnilm.audio.route import Transcription
 from omnilm.config import TranscriberConfig, load_recipe
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.errors import ConfigError, DataError
 from omnilm.model.build import build_model
 from omnilm.model.saved import load_pretrained
@@ -21,16 +22,18 @@ def spoken(tiny_data):
 
 def test_transcript_replaces_the_audio_marker(tiny_data, tmp_path):
     recipe = tiny_recipe(tiny_data, tmp_path, model={"transcriber": OFFLINE_WHISPER})
-    _, processor = build_model(recipe)
+    model, processor = build_model(recipe)
     assert processor.audio_route == "transcribe"
+    transcription = Transcription.for_model(model)  # the step before the processor
     wav, text = spoken(tiny_data)
     sample = Sample([Message("user", "<image>Question: <audio>")], images=[sorted(tiny_data["coco_images"].iterdir())[0]],
                     audios=[wav])
-    enc = processor.encode_prompt(sample)
-    heard = enc.transcripts[0].lower()
+    heard_sample, transcripts = transcription(sample)
+    enc = processor.encode_prompt(heard_sample)
+    heard = transcripts[0].lower()
     assert "shape" in heard and "picture" in heard, heard
     decoded = processor.decode(enc.input_ids)
-    assert enc.transcripts[0] in decoded and "audio" not in enc.media
+    assert transcripts[0] in decoded and "audio" not in enc.media
 
 
 def test_route_is_chosen_at_inference_time(tiny_data, tmp_path):
@@ -41,9 +44,10 @@ def test_route_is_chosen_at_inference_time(tiny_data, tmp_path):
         plain.encode_prompt(Sample([Message("user", "<audio>")], audios=[wav]))
     with pytest.raises(ConfigError, match="audio_route=transcribe needs model.transcriber"):
         load_pretrained(run, audio_route="transcribe")
-    _, voiced = load_pretrained(run, audio_route="transcribe", transcriber=TranscriberConfig(**OFFLINE_WHISPER))
-    enc = voiced.encode_prompt(Sample([Message("user", "<audio>")], audios=[wav]))
-    assert enc.transcripts and enc.transcripts[0].strip()
+    model, voiced = load_pretrained(run, audio_route="transcribe", transcriber=TranscriberConfig(**OFFLINE_WHISPER))
+    heard, transcripts = Transcription.for_model(model)(Sample([Message("user", "<audio>")], audios=[wav]))
+    assert transcripts and transcripts[0].strip()
+    assert voiced.encode_prompt(heard).input_ids.tolist()
 
 
 def test_native_route_needs_an_audio_encoder():

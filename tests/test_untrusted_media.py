@@ -17,7 +17,7 @@ from test_serve_support import data_url, free_port, png_bytes, running_server
 
 from omnilm.data.audio import load_audio
 from omnilm.data.images import IMAGE_FORMATS, load_image
-from omnilm.data.sample import Message, Sample
+from omnilm.core.sample import Message, Sample
 from omnilm.errors import DataError, MediaError
 from omnilm.serve.api import ServerState, create_app
 from tests.conftest import SERVE_BODY_LIMIT

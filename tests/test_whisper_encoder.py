@@ -5,10 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
+from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
 from omnilm.errors import MediaError, MissingDependency, OmniError
-from omnilm.model.projector import FrameStack, build_projector, llm_tokens, stack_frames
+from omnilm.core.components import llm_tokens
+from omnilm.model.projector import FrameStack, build_projector, stack_frames
+from omnilm.config import EncoderConfig
+from omnilm.model.preprocessors import whisper_preprocessor
+from omnilm.model.audio_features import encoder_frames, real_length_log_mel
 from omnilm.model.whisper_encoder import WhisperAudioEncoder
 
 SR = 16000
@@ -31,18 +35,24 @@ def encoder() -> WhisperAudioEncoder:
     return WhisperAudioEncoder.from_config(tiny_config())
 
 
+def log_mel(encoder: WhisperAudioEncoder, wave) -> torch.Tensor:
+    """What the processor feeds the encoder: Whisper's log-mel at the real length, cut by its window."""
+    extractor = WhisperFeatureExtractor(feature_size=encoder.encoder.config.num_mel_bins)
+    return real_length_log_mel(extractor, wave, encoder.window_frames)  # [n_mels, F]
+
+
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
     return (0.1 * np.random.default_rng(seed).standard_normal(int(seconds * SR))).astype(np.float32)
 
 
 @pytest.mark.parametrize("seconds", [0.01, 0.5, 1.0, 2.345, 10.0, 29.99, 30.0])
 def test_token_count_follows_real_length(encoder, seconds):
-    mel = encoder.preprocess(noise(seconds))
+    mel = log_mel(encoder, noise(seconds))
     # 10 ms a mel frame, padded only to an even count (conv2 stride 2)
     expected_mel = 2 * math.ceil(seconds * SR / 320)
     assert mel.shape == (80, expected_mel)
     expected_frames = expected_mel // 2
-    assert encoder.num_tokens(mel) == expected_frames
+    assert encoder_frames(mel.shape[-1]) == expected_frames
     assert llm_tokens(expected_frames, stack=8) == math.ceil(expected_mel / 2 / 8)  # what the projector makes
     with torch.no_grad():
         (out,) = encoder([mel])
@@ -51,7 +61,7 @@ def test_token_count_follows_real_length(encoder, seconds):
 
 
 def test_stacking_puts_k_consecutive_frames_side_by_side(encoder):
-    mel = encoder.preprocess(noise(1.23))  # 124 mel -> 62 frames -> 8 tokens (6 pad)
+    mel = log_mel(encoder, noise(1.23))  # 124 mel -> 62 frames -> 8 tokens (6 pad)
     k, d = 8, encoder.hidden_size
     with torch.no_grad():
         (frames,) = encoder([mel])  # [62, D]
@@ -76,7 +86,7 @@ def test_frame_stack_projector_pads_each_clip_on_its_own():
 
 
 def test_exactly_one_window_matches_transformers_forward(encoder):
-    mel = encoder.preprocess(noise(30.0, seed=1))
+    mel = log_mel(encoder, noise(30.0, seed=1))
     assert mel.shape[1] == 3000
     with torch.no_grad():
         reference = encoder.encoder(mel[None]).last_hidden_state[0]  # [1500, D]
@@ -86,22 +96,22 @@ def test_exactly_one_window_matches_transformers_forward(encoder):
 
 def test_long_audio_is_encoded_in_30s_windows(encoder):
     wave = noise(65.2, seed=2)
-    mel = encoder.preprocess(wave)
+    mel = log_mel(encoder, wave)
     assert mel.shape[1] == 6520
     # each 30 s piece of the waveform gets its own mel, as Whisper sees it
-    torch.testing.assert_close(mel[:, :3000], encoder.preprocess(wave[: 30 * SR]))
-    torch.testing.assert_close(mel[:, 3000:6000], encoder.preprocess(wave[30 * SR : 60 * SR]))
+    torch.testing.assert_close(mel[:, :3000], log_mel(encoder, wave[: 30 * SR]))
+    torch.testing.assert_close(mel[:, 3000:6000], log_mel(encoder, wave[30 * SR : 60 * SR]))
     with torch.no_grad():
         frames = encoder._encode_windows([mel[:, :3000], mel[:, 3000:6000], mel[:, 6000:]])
         (out,) = encoder([mel])
     whole = torch.cat(frames)  # [1500 + 1500 + 260, D]
     assert whole.shape[0] == 3260
-    assert out.shape == (3260, encoder.hidden_size) == (encoder.num_tokens(mel), 32)
+    assert out.shape == (3260, encoder.hidden_size) == (encoder_frames(mel.shape[-1]), 32)
     torch.testing.assert_close(out, whole)
 
 
 def test_batch_of_different_lengths_equals_one_by_one(encoder):
-    mels = [encoder.preprocess(noise(s, seed=i)) for i, s in enumerate([1.3, 4.0, 0.7, 31.5])]
+    mels = [log_mel(encoder, noise(s, seed=i)) for i, s in enumerate([1.3, 4.0, 0.7, 31.5])]
     with torch.no_grad():
         batched = encoder(mels)
         single = [encoder([m])[0] for m in mels]
@@ -111,12 +121,12 @@ def test_batch_of_different_lengths_equals_one_by_one(encoder):
 
 
 def test_odd_mel_length_and_bad_input(encoder):
-    mel = encoder.preprocess(noise(1.0))[:, :99]  # odd length from an outside source
+    mel = log_mel(encoder, noise(1.0))[:, :99]  # odd length from an outside source
     with torch.no_grad():
         (out,) = encoder([mel])
-    assert out.shape[0] == encoder.num_tokens(mel) == 50
+    assert out.shape[0] == encoder_frames(mel.shape[-1]) == 50
     with pytest.raises(MediaError, match="empty"):
-        encoder.preprocess(np.zeros(0, dtype=np.float32))
+        log_mel(encoder, np.zeros(0, dtype=np.float32))
     with pytest.raises(MediaError, match=r"audio 1: expected log-mel \[80, F\]"):
         encoder([mel, torch.zeros(40, 10)])
 
@@ -132,8 +142,8 @@ def test_from_pretrained_reads_encoder_weights(tmp_path, kind):
     assert loaded.hidden_size == 32
     for name, tensor in full.model.encoder.state_dict().items():
         assert torch.equal(loaded.encoder.state_dict()[name], tensor), name
-    # no preprocessor_config.json in these folders: the extractor follows num_mel_bins
-    assert loaded.feature_extractor.feature_size == 80
+    # no preprocessor_config.json in these folders: the processor's extractor follows num_mel_bins
+    assert whisper_preprocessor(EncoderConfig(type="whisper", name_or_path=str(tmp_path))).part.feature_size == 80
 
 
 def test_from_pretrained_errors_name_the_folder(tmp_path):
@@ -148,7 +158,7 @@ def test_from_pretrained_errors_name_the_folder(tmp_path):
 def test_128_mel_config():
     torch.manual_seed(0)
     enc = WhisperAudioEncoder.from_config(tiny_config(num_mel_bins=128))
-    mel = enc.preprocess(noise(0.5))
+    mel = log_mel(enc, noise(0.5))
     assert mel.shape == (128, 50)
     with torch.no_grad():
         assert enc([mel])[0].shape == (25, 32)
@@ -167,7 +177,7 @@ def test_real_tiny_en_weights_match_ctranslate2(tmp_path, monkeypatch):
         pytest.skip(str(err))
     enc = WhisperAudioEncoder.from_pretrained(str(folder))
     assert enc.hidden_size == 384
-    mel = enc.preprocess(noise(30.0, seed=3))
+    mel = log_mel(enc, noise(30.0, seed=3))
     engine = ctranslate2.models.Whisper(str(ct2_dir), compute_type="float32")
     reference = np.array(engine.encode(ctranslate2.StorageView.from_array(mel[None].numpy())))
     with torch.no_grad():

@@ -118,7 +118,7 @@ def test_smollm2_chat_markers_typed_by_a_user_stay_text(smollm2_path):
     from transformers import AutoTokenizer
 
     from omnilm.data.chat import get_template, render
-    from omnilm.data.sample import Message
+    from omnilm.core.sample import Message
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     start, end, eot = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>", "<|endoftext|>"])

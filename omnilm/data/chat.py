@@ -18,10 +18,9 @@ from functools import lru_cache
 
 from transformers.utils.chat_template_utils import mark_control_tokens
 
-from omnilm.data.sample import MEDIA_TOKENS, PLACEHOLDER_IDS, Message
+from omnilm.core.sample import IGNORE, MEDIA_TOKENS, PLACEHOLDER_IDS, Message
 from omnilm.errors import ConfigError, DataError
 
-IGNORE = -100
 MARKER = re.compile("(" + "|".join(re.escape(t) for t in MEDIA_TOKENS.values()) + ")")
 MODALITY_OF = {token: modality for modality, token in MEDIA_TOKENS.items()}
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from omnilm.data.chat import IGNORE
+from omnilm.core.sample import IGNORE
 from omnilm.data.packing import pack
-from omnilm.data.processor import Encoded
+from omnilm.data.encoded import Encoded
 
 
 @dataclass

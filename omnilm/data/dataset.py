@@ -9,7 +9,7 @@ from torch.utils.data import Dataset
 
 from omnilm.data.feature_cache import media_key
 from omnilm.data.rows import LOGGED_SKIPS
-from omnilm.data.sample import Sample
+from omnilm.core.sample import Sample
 from omnilm.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,12 @@ def describe_bad(sample: Sample, err: DataError, index: int | None = None) -> st
 
 
 class SampleDataset(Dataset):
-    def __init__(self, samples: list[Sample], processor, feature_cache=None, skip_bad: bool = False):
+    def __init__(self, samples: list[Sample], processor, feature_cache=None, skip_bad: bool = False,
+                 transcription=None):
+        """`transcription`: the transcription route's step before the processor (Sample -> (Sample,
+        transcripts)); None passes samples as they are."""
         self.samples, self.processor, self.cache, self.skip_bad = samples, processor, feature_cache, skip_bad
+        self.transcription = transcription
         self.named: set[int] = set()  # skipped samples already named in the log (per worker process)
 
     def __len__(self) -> int:
@@ -43,6 +47,8 @@ class SampleDataset(Dataset):
 
     def encode(self, sample: Sample):
         """What training reads for one sample (`omnilm data check` reads the same)."""
+        if self.transcription is not None:
+            sample, _ = self.transcription(sample)
         features = {"image": [self.cache.get(media_key(p)) for p in sample.images]} if self.cache and sample.images else None
         return self.processor(sample, features)
 

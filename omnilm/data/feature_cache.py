@@ -59,9 +59,10 @@ class FeatureCache:
 
 
 @torch.no_grad()
-def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, read, batch_size: int = 32,
+def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, prepare, batch_size: int = 32,
                         skip_bad: bool = False, progress: bool = True) -> FeatureCache:
-    """Encode each distinct item once; written to a temporary folder and renamed when complete."""
+    """Encode each distinct item once; written to a temporary folder and renamed when complete.
+    `prepare(item)` reads and preprocesses one item into the encoder's input (the processor's job)."""
     folder = Path(folder)
     by_key = {media_key(i): i for i in items}
     keys = list(by_key)
@@ -69,7 +70,7 @@ def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, r
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     device = next(encoder.parameters()).device
-    probe = _probe(encoder, by_key, read, device, skip_bad)  # [T, D]
+    probe = _probe(encoder, by_key, prepare, device, skip_bad)  # [T, D]
     out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
                                     shape=(len(keys), *probe.shape))
     index: dict[str, int] = {}
@@ -79,7 +80,7 @@ def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, r
         inputs, names = [], []
         for key in keys[start:start + batch_size]:
             try:
-                inputs.append(encoder.preprocess(read(by_key[key])).to(device))
+                inputs.append(prepare(by_key[key]).to(device))
                 names.append(key)
             except DataError as err:
                 if not skip_bad:
@@ -108,12 +109,12 @@ def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, r
     return FeatureCache.open(folder)
 
 
-def _probe(encoder, by_key: dict, read, device, skip_bad: bool) -> torch.Tensor:
+def _probe(encoder, by_key: dict, prepare, device, skip_bad: bool) -> torch.Tensor:
     """The features of the first readable item, which fix the cache's shape (the main pass
     counts and names the unreadable ones)."""
     for item in by_key.values():
         try:
-            return encoder([encoder.preprocess(read(item)).to(device)])[0]
+            return encoder([prepare(item).to(device)])[0]
         except DataError:
             if not skip_bad:
                 raise

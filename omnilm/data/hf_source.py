@@ -22,7 +22,7 @@ import numpy as np
 
 from omnilm.config import DataConfig
 from omnilm.data.rows import Loaded, RowCollector
-from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.data.sources import _role
 from omnilm.errors import ConfigError, DataError
 from omnilm.extras import require

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from omnilm.data.chat import IGNORE
+from omnilm.core.sample import IGNORE
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from omnilm.config import DataConfig
-from omnilm.data.sample import Sample, check_messages
+from omnilm.core.sample import Sample, check_messages
 from omnilm.errors import DataError
 
 LOGGED_SKIPS = 20  # skipped rows named one by one in the training log; the rest are counted

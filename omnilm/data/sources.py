@@ -1,16 +1,18 @@
 """Data sources: files in public formats -> Samples. Malformed rows raise DataError naming file
 and row, or are skipped and counted when `data.skip_bad` is set (omnilm.data.rows). SOURCES maps
-each `data.source` name to its function; a task's own data set is one more entry there."""
+each `data.source` name to its function; a task's own data set is one more entry there, named as
+"module:function" and imported on use, so the data layer never imports a task."""
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
+from typing import Callable
 
 from omnilm.config import DataConfig
 from omnilm.data.rows import Loaded, RowCollector
-from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.errors import ConfigError, DataError
-from omnilm.tasks.easyvqa.source import easyvqa
 
 
 def _require_file(cfg_value: str | None, key: str) -> Path:
@@ -236,21 +238,30 @@ def hf_datasets(cfg: DataConfig) -> Loaded:
     return hf(cfg)
 
 
-SOURCES = {
+SOURCES: dict[str, Callable[[DataConfig], Loaded] | str] = {
     "coco": coco_captions,
     "llava": llava_instruct,
     "jsonl": jsonl_messages,
     "asr": asr_manifest,
     "hf": hf_datasets,
-    "easyvqa": easyvqa,  # the quickstart's data set (omnilm/tasks/easyvqa)
+    "easyvqa": "omnilm.tasks.easyvqa.source:easyvqa",  # the quickstart's data set (omnilm/tasks/easyvqa)
 }
 
 
 def read_source(cfg: DataConfig) -> Loaded:
     """The rows of the configured source, as they are (possibly none good)."""
-    if cfg.source not in SOURCES:
-        raise ConfigError(f"unknown data.source {cfg.source!r}; choose one of {', '.join(SOURCES)}")
-    return SOURCES[cfg.source](cfg)
+    return source_function(cfg.source)(cfg)
+
+
+def source_function(name: str) -> Callable[[DataConfig], Loaded]:
+    """The function of `data.source` `name`; a "module:function" entry is imported now."""
+    if name not in SOURCES:
+        raise ConfigError(f"unknown data.source {name!r}; choose one of {', '.join(SOURCES)}")
+    entry = SOURCES[name]
+    if isinstance(entry, str):
+        module, function = entry.split(":")
+        return getattr(importlib.import_module(module), function)
+    return entry
 
 
 def load_samples(cfg: DataConfig) -> Loaded:

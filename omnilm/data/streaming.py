@@ -21,7 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from omnilm.config import DataConfig
 from omnilm.data.dataset import SampleDataset, describe_bad
 from omnilm.data.rows import LOGGED_SKIPS, describe_row_error
-from omnilm.data.sample import check_messages
+from omnilm.core.sample import check_messages
 from omnilm.errors import DataError
 from omnilm.extras import require
 

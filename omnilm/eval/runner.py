@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from omnilm.data.sample import Sample
+from omnilm.core.sample import Sample
 from omnilm.errors import ConfigError, DataError
 from omnilm.eval.metrics import accuracy_by_group, bleu4, cider, vqa_accuracy, word_error_rate
 
@@ -58,13 +58,15 @@ def split_prompt(sample: Sample) -> tuple[Sample, str]:
 def generate_texts(model, processor, prompts: list[Sample], max_new_tokens: int, batch_size: int = 32,
                    progress: bool = True, desc: str = "evaluating") -> list[str]:
     """Greedy answers for each prompt, in order, in batches (with a progress bar)."""
+    from omnilm.audio.route import Transcription
     from omnilm.generation import GenerationConfig, generate
 
     config = GenerationConfig(max_new_tokens=max_new_tokens)
+    transcription = Transcription.for_processor(processor)  # the transcription route's text, before the processor
     texts: list[str] = []
     with tqdm(total=len(prompts), desc=desc, unit="q", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start:start + batch_size]
+            chunk = [transcription(p)[0] for p in prompts[start:start + batch_size]]
             texts += [c.text.strip() for c in generate(model, processor, chunk, config)]
             bar.update(len(chunk))
     return texts

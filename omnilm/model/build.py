@@ -21,15 +21,16 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from omnilm.config import EncoderConfig, LLMConfig, ProjectorConfig, Recipe
-from omnilm.data.processor import OmniProcessor
 from omnilm.errors import ConfigError, OmniError
 from omnilm.extras import require
 from omnilm.model.checkpoint import atomic_folder, load_trained_weights, nbytes
 from omnilm.model.checks import check_against_model, check_llava_start
+from omnilm.core.components import ENCODERS
 from omnilm.model.configuration import omni_config
 from omnilm.model.encoders import build_encoder, encoder_config_of
 from omnilm.model.omni import OmniLM
 from omnilm.model.paths import LOCAL, resolve_path
+from omnilm.model.processing import OmniProcessor
 from omnilm.model.tokenizer import BYTES, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -181,15 +182,23 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
     model.recipe = recipe
     if recipe.model.init_from:
         model.inherited = set(load_trained_weights(model, recipe.model.init_from, partial=True))
-    return model, build_processor(recipe, encoders, root)
+    return model, build_processor(recipe, root)
 
 
-def build_processor(recipe: Recipe, encoders: dict, root: Path | None = None) -> OmniProcessor:
-    """The processor of `recipe`'s model: its tokenizer and template, the encoders' preprocessing.
-    An LLM still given as `random_config` (not materialized) has the tokenizer it will be saved with."""
+def build_processor(recipe: Recipe, root: Path | None = None) -> OmniProcessor:
+    """The processor of `recipe`'s model from the recipe alone: its tokenizer and template, each
+    encoder's weight-free preprocessing (configs and preprocessor files, never weights). An LLM or
+    encoder still given as `random_config` (not materialized) gets what it will be saved with."""
     llm = recipe.model.llm
     name = llm.tokenizer or (BYTES if llm.random_config is not None else llm.name_or_path)
-    return OmniProcessor.from_recipe(recipe, load_tokenizer(resolve_path(name, root), llm.gguf_file), encoders)
+    preprocessors = {}
+    for modality in ("image", "audio"):
+        enc_cfg = getattr(recipe.model, modality)
+        if enc_cfg is not None:
+            enc_cfg = copy.deepcopy(enc_cfg)
+            enc_cfg.name_or_path = resolve_path(enc_cfg.name_or_path, root)
+            preprocessors[modality] = ENCODERS[enc_cfg.type].build_preprocessor(enc_cfg)
+    return OmniProcessor.from_recipe(recipe, load_tokenizer(resolve_path(name, root), llm.gguf_file), preprocessors)
 
 
 def _has_random(recipe: Recipe) -> bool:

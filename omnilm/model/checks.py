@@ -22,7 +22,7 @@ from transformers.utils import CONFIG_NAME, cached_file
 
 from omnilm.config import EncoderConfig, LLMConfig, LoraConfig, Recipe, validate
 from omnilm.errors import ConfigError, OmniError
-from omnilm.model.components import ENCODERS
+from omnilm.core.components import ENCODERS
 from omnilm.model.tokenizer import BYTES, load_tokenizer
 
 LORA_LAYERS = (nn.Linear, Conv1D, nn.Embedding, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # what peft's LoRA adapts

@@ -10,9 +10,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from omnilm.data.images import ImageTransform
 from omnilm.errors import ConfigError
-from omnilm.zoo.efficientnet import IMAGE_MEAN, IMAGE_SIZE, IMAGE_STD, PATCH, EfficientNetLite0Features
+from omnilm.zoo.efficientnet import IMAGE_SIZE, PATCH, EfficientNetLite0Features
 
 WEIGHTS = "efficientnet.safetensors"
 
@@ -24,20 +23,12 @@ class EfficientNetEncoder(nn.Module):
         super().__init__()
         self.net = net
         self.image_size = image_size
-        self.transform = ImageTransform(image_size, IMAGE_MEAN, IMAGE_STD)
         self.hidden_size = net.hidden_size
         grid = math.ceil(image_size / PATCH)
         if pool_grid is not None and pool_grid > grid:
             raise ConfigError(f"pool_grid {pool_grid} is larger than the {grid} x {grid} feature grid at {image_size} px")
         # Pooling keeps the finer features of a larger input at the token cost of a smaller one.
         self.pool_grid = pool_grid
-        self.tokens = (pool_grid or grid) ** 2
-
-    def preprocess(self, image) -> torch.Tensor:
-        return self.transform(image)  # [3, S, S]
-
-    def num_tokens(self, inputs: torch.Tensor) -> int:
-        return self.tokens
 
     def forward(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         pixels = torch.stack(inputs).to(next(self.net.parameters()).dtype)  # [N, 3, S, S]

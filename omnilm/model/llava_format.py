@@ -146,7 +146,7 @@ def chat_template(processor, end_text: str) -> str:
     image written as `<image>` plus the end-of-image token. Contents may be strings with `<image>`
     markers or lists of {"type": "image"} / {"type": "text"} items (joined by newlines, images
     first when the recipe lays media first, as omnilm's server does)."""
-    from omnilm.data.chat import ChatTemplate
+    from omnilm.data.chat import ChatTemplate, get_template
 
     image = _literal(IMAGE_TOKEN + end_text)
     media_first = "true" if processor.media_first else "false"
@@ -172,7 +172,7 @@ def chat_template(processor, end_text: str) -> str:
         "{%- endfor -%}\n"
         "{%- set messages = ns.messages -%}\n"
     )
-    template = processor.template
+    template = get_template(processor.template)
     if isinstance(template, ChatTemplate):
         return preamble + processor.tokenizer.chat_template
     return preamble + (
@@ -188,18 +188,18 @@ def chat_template(processor, end_text: str) -> str:
     )
 
 
-def image_processor(encoder):
-    """The tower's preprocessing as a transformers image processor (the PIL backend: no torchvision)."""
+def image_processor(processor):
+    """The processor's image preprocessing as a transformers image processor (the PIL backend: no torchvision)."""
     from transformers import CLIPImageProcessorPil
 
-    from omnilm.model.encoders import FolderImageProcessor
+    from omnilm.model.image_processing import CenterCropImageProcessor
 
-    if isinstance(encoder.transform, FolderImageProcessor):
-        return copy.deepcopy(encoder.transform.processor)
-    size = encoder.transform.size  # omnilm's ImageTransform: shortest edge, centre crop, bicubic, normalize
+    part = processor.image_processor
+    if not isinstance(part, CenterCropImageProcessor):
+        return copy.deepcopy(part)
+    size = part.size  # omnilm's shortest edge, centre crop, bicubic, normalize
     return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-                                 resample=3, image_mean=encoder.transform.mean.flatten().tolist(),
-                                 image_std=encoder.transform.std.flatten().tolist())
+                                 resample=3, image_mean=part.image_mean, image_std=part.image_std)
 
 
 def llava_config(llm, tower, choice: VisionChoice, image_token_id: int, tokens: int, dtype: torch.dtype):
@@ -255,13 +255,13 @@ def export_llava(model, processor, out, dtype: torch.dtype | None = None, card=N
     tokenizer = copy.deepcopy(processor.tokenizer)
     image_id, end_text, new_ids = add_media_tokens(tokenizer, llm, model.recipe.model.image.end_token_id)
     tower = encoder.tower
-    tokens = encoder.tokens
+    tokens = processor.image_tokens
     state = llava_state_dict(llm, tower, model.projectors["image"], llm_dtype)
     config = llava_config(llm, tower, choice, image_id, tokens, llm_dtype)
     generation = copy.deepcopy(llm.generation_config) if llm.generation_config is not None else GenerationConfig()
     if new_ids:
         generation.suppress_tokens = new_ids  # rows with no trained output: never generate them
-    llava_processor = LlavaProcessor(image_processor=image_processor(encoder), tokenizer=tokenizer,
+    llava_processor = LlavaProcessor(image_processor=image_processor(processor), tokenizer=tokenizer,
                                      patch_size=tower.config.patch_size,
                                      vision_feature_select_strategy=choice.select_strategy,
                                      chat_template=chat_template(processor, end_text), image_token=IMAGE_TOKEN,

@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 
-from omnilm.data.chat import IGNORE
-from omnilm.data.sample import PLACEHOLDER_IDS
+from omnilm.core.components import ENCODERS
+from omnilm.core.sample import IGNORE, PLACEHOLDER_IDS
 from omnilm.errors import PlaceholderMismatch
-from omnilm.model.components import ENCODERS
 from omnilm.model.configuration import OmniConfig
 from omnilm.model.encoders import build_encoder
 from omnilm.model.projector import build_projector, project

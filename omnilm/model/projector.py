@@ -1,8 +1,6 @@
 """Projectors: map encoder features [N, d_enc] into the LLM's embedding space [N, d_llm]."""
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,11 +63,6 @@ class FrameStack(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.inner(torch.cat([stack_frames(f, self.k) for f in features]))
-
-
-def llm_tokens(features: int, stack: int = 1, tokens_per_feature: int = 1) -> int:
-    """How many LLM tokens `features` encoder feature vectors of one item become."""
-    return math.ceil(features / stack) * tokens_per_feature
 
 
 def project(projector: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:

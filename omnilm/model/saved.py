@@ -105,8 +105,9 @@ def _from_model_folder(path: Path, device, audio_route, transcriber):
     where = torch.device(device) if device is not None else torch.device("cpu")
     model = OmniLM.from_pretrained(path, dtype=resolve_dtype("auto", where), device_map={"": str(where)})
     processor = OmniProcessor.from_pretrained(path)
+    processor.choose_audio_route(audio_route, transcriber)
     if (path / RECIPE_FILE).is_file():
-        model.recipe = load_recipe(path / RECIPE_FILE)
+        model.recipe = load_recipe(path / RECIPE_FILE)  # provenance (model cards, exports)
     return model.requires_grad_(False).eval(), processor
 
 

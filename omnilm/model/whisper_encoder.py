@@ -1,8 +1,9 @@
 """Frozen Whisper encoder as an audio feature extractor for the native audio route.
 
-Audio -> log-mel at its real length -> Whisper encoder -> one feature vector per 20 ms, so a
-10 s clip makes 500 frames instead of the 1,500 a padded 30 s window would (the audio projector
-then stacks k of them into one LLM token: omnilm.model.projector.FrameStack).
+Log-mel at the audio's real length (the processor's, omnilm.model.audio_features) -> Whisper
+encoder -> one feature vector per 20 ms, so a 10 s clip makes 500 frames instead of the 1,500 a
+padded 30 s window would (the audio projector then stacks k of them into one LLM token:
+omnilm.model.projector.FrameStack).
 
 transformers' WhisperEncoder.forward refuses anything but exactly 3,000 mel frames, so the
 same submodules (conv1, conv2, embed_positions, layers, layer_norm) are applied here
@@ -11,24 +12,20 @@ directly; with exactly 3,000 frames this reproduces WhisperEncoder.forward exact
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import WhisperConfig, WhisperFeatureExtractor
+from transformers import WhisperConfig
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
 from omnilm.errors import MediaError, OmniError
-
-# conv1 has stride 1 and conv2 stride 2: one encoder frame per two mel frames.
-CONV_STRIDE = 2
+from omnilm.model.audio_features import encoder_frames, window_frames
 
 
 class WhisperAudioEncoder(nn.Module):
-    """Whisper encoder + feature extractor producing one feature vector per encoder frame.
+    """Whisper encoder producing one feature vector per encoder frame of a real-length log-mel.
 
     Build with `from_pretrained` (weights from a folder or hub id) or `from_config` (tiny
     random encoders for tests); the constructor itself only wires already-built parts.
@@ -36,33 +33,19 @@ class WhisperAudioEncoder(nn.Module):
 
     modality = "audio"
 
-    def __init__(
-        self,
-        encoder: WhisperEncoder,
-        feature_extractor: WhisperFeatureExtractor,
-    ):
+    def __init__(self, encoder: WhisperEncoder):
         super().__init__()
-        if feature_extractor.feature_size != encoder.config.num_mel_bins:
-            raise OmniError(
-                f"feature extractor makes {feature_extractor.feature_size} mel bins but the "
-                f"encoder expects {encoder.config.num_mel_bins}"
-            )
         self.encoder = encoder
-        self.feature_extractor = feature_extractor
         self.hidden_size = encoder.config.d_model
         # One encoder window covers max_source_positions encoder frames (30 s for Whisper).
-        self.window_frames = encoder.config.max_source_positions * CONV_STRIDE  # mel frames
-        self.sampling_rate = feature_extractor.sampling_rate
-        self.hop_length = feature_extractor.hop_length
+        self.window_frames = window_frames(encoder.config.max_source_positions)  # mel frames
 
     # ---- building ------------------------------------------------------------------------
 
     @classmethod
     def from_config(cls, config: WhisperConfig) -> "WhisperAudioEncoder":
         """A randomly initialised encoder (tests, shape checks)."""
-        encoder = WhisperEncoder(config)
-        extractor = WhisperFeatureExtractor(feature_size=config.num_mel_bins)
-        return cls(encoder.eval(), extractor)
+        return cls(WhisperEncoder(config).eval())
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, dtype: torch.dtype | None = None) -> "WhisperAudioEncoder":
@@ -84,50 +67,12 @@ class WhisperAudioEncoder(nn.Module):
             )
         if dtype is not None:
             encoder = encoder.to(dtype)
-        extractor = _load_feature_extractor(name_or_path, config)
-        return cls(encoder.eval(), extractor)
+        return cls(encoder.eval())
 
     def save_pretrained(self, path) -> None:
-        """A folder `from_pretrained` reads back: encoder weights, config, feature extractor."""
+        """A folder `from_pretrained` reads back: encoder weights and config (the processor saves
+        the feature extractor)."""
         self.encoder.save_pretrained(path)
-        self.feature_extractor.save_pretrained(path)
-
-    # ---- features ------------------------------------------------------------------------
-
-    def preprocess(self, waveform: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """16 kHz mono waveform -> log-mel [n_mels, F] at the real length.
-
-        The waveform is zero-padded only to a whole number of conv strides (2 hops), so F is
-        even. Audio over one window is cut into window-sized pieces first and each piece is
-        normalised on its own, as Whisper itself sees 30 s windows.
-        """
-        wave = np.asarray(waveform, dtype=np.float32).reshape(-1)  # [N]
-        if wave.size == 0:
-            raise MediaError("cannot encode empty audio (0 samples)")
-        window = self.window_frames * self.hop_length  # samples per window
-        pieces = [wave[i : i + window] for i in range(0, wave.size, window)]
-        return torch.cat([self._log_mel(p) for p in pieces], dim=1)  # [n_mels, F]
-
-    def _log_mel(self, wave: np.ndarray) -> torch.Tensor:
-        step = self.hop_length * CONV_STRIDE
-        wave = np.pad(wave, (0, -wave.size % step))
-        features = self.feature_extractor(
-            wave,
-            sampling_rate=self.sampling_rate,
-            padding="do_not_pad",
-            truncation=False,
-            return_tensors="np",
-        ).input_features  # [1, n_mels, N / hop]
-        return torch.from_numpy(features[0])
-
-    def num_tokens(self, mel: torch.Tensor) -> int:
-        """How many feature vectors (encoder frames) `forward` returns for this mel ([n_mels, F])."""
-        return self._num_frames(mel.shape[-1])
-
-    def _num_frames(self, mel_frames: int) -> int:
-        # Each window's conv2 (kernel 3, stride 2, padding 1) yields ceil(F_w / 2) frames;
-        # full windows are even, so the total is ceil(F / 2).
-        return math.ceil(mel_frames / CONV_STRIDE)
 
     # ---- encoding ------------------------------------------------------------------------
 
@@ -178,7 +123,7 @@ class WhisperAudioEncoder(nn.Module):
         x = x + enc.embed_positions.weight[:frames]  # [W, T, D]
         x = F.dropout(x, p=enc.dropout, training=enc.training)
 
-        frame_lengths = [self._num_frames(n) for n in lengths]
+        frame_lengths = [encoder_frames(n) for n in lengths]
         mask = _attention_mask(frame_lengths, frames, x.dtype, x.device) if ragged else None
         for layer in enc.layers:
             x = layer(x, mask)  # [W, T, D]
@@ -254,15 +199,6 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(file))
     return torch.load(file, map_location="cpu", weights_only=True)
-
-
-def _load_feature_extractor(name_or_path: str, config: WhisperConfig) -> WhisperFeatureExtractor:
-    folder = Path(name_or_path)
-    if folder.is_dir() and not (folder / "preprocessor_config.json").is_file():
-        # Converted checkpoints often lack it; the extractor has no learned state, only the
-        # mel-bin count, which the model config fixes.
-        return WhisperFeatureExtractor(feature_size=config.num_mel_bins)
-    return WhisperFeatureExtractor.from_pretrained(name_or_path)
 
 
 def build_whisper_encoder(cfg, seed: int) -> WhisperAudioEncoder:

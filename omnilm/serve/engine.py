@@ -23,8 +23,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from omnilm.data.processor import Encoded
-from omnilm.data.sample import Sample
+from omnilm.data.encoded import Encoded
+from omnilm.audio.route import Transcription
+from omnilm.core.sample import Sample
 from omnilm.errors import OmniError
 from omnilm.generation import GenerationCancelled, GenerationConfig, generate
 from omnilm.serve.limits import Limits
@@ -130,6 +131,7 @@ class Engine:
     def __init__(self, model, processor, limits: Limits | None = None):
         self.model = model
         self.processor = processor
+        self.transcription = Transcription.for_processor(processor)
         self.limits = limits or Limits()
         self.context = _context_window(model)
         self.max_prompt_tokens = min(x for x in (processor.max_length, self.limits.max_prompt_tokens,
@@ -221,7 +223,8 @@ class Engine:
     def _prepare(self, job: _Job) -> None:
         """Encode alone and check the limits: a bad request fails here, before it joins a batch.
         The length is checked here, not by the processor, to explain it in serving terms."""
-        encoded = self.processor.encode_prompt(job.sample, check_length=False)
+        sample, transcripts = self.transcription(job.sample)  # the transcription route, before the processor
+        encoded = self.processor.encode_prompt(sample, check_length=False)
         prompt = len(encoded.input_ids)
         if prompt > self.max_prompt_tokens:
             raise PromptTooLong(f"the prompt is {prompt} tokens; this server accepts at most {self.max_prompt_tokens} "
@@ -238,7 +241,7 @@ class Engine:
                 raise PromptTooLong(f"the prompt is {prompt} tokens, which fills this model's "
                                     f"{self.context}-token context; shorten the messages")
             config = replace(config, max_new_tokens=min(config.max_new_tokens, room))
-        job.encoded, job.transcripts, job.config = encoded, encoded.transcripts, config
+        job.encoded, job.transcripts, job.config = encoded, transcripts, config
 
     def _next_batch(self) -> list[_Job]:
         """The oldest waiting request plus later ones with the same settings, up to max_batch_size;

@@ -19,7 +19,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       ValidationInfo, field_validator)
 from pydantic_core import PydanticCustomError
 
-from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, MEDIA_TOKENS, Message, Sample
+from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, MEDIA_TOKENS, Message, Sample
 from omnilm.generation import GenerationConfig
 from omnilm.serve.errors import APIError, bad_request
 from omnilm.serve.limits import Limits

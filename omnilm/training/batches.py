@@ -13,6 +13,7 @@ from functools import partial
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from omnilm.audio.route import Transcription
 from omnilm.config import Recipe
 from omnilm.data.collate import collate
 from omnilm.data.dataset import ResumableBatches, SampleDataset, length_key
@@ -51,13 +52,14 @@ class TrainingData:
 def training_data(recipe: Recipe, processor, cache, world: int, rank: int) -> TrainingData:
     cfg, data = recipe.train, recipe.data
     pack_to = data.max_length if data.packing else None
+    transcription = Transcription.from_model_config(recipe.model)  # the transcription route, before the processor
     collate_fn = partial(collate, pad_id=processor.tokenizer.pad_token_id, pack_to=pack_to)
     if data.streaming:
-        dataset = SampleDataset([], processor, cache, data.skip_bad)
+        dataset = SampleDataset([], processor, cache, data.skip_bad, transcription)
         return TrainingData(recipe, dataset, collate_fn, cfg.max_steps,
                             f"streaming {data.path} ({data.split}), shuffle buffer {data.shuffle_buffer}", world, rank)
     loaded = load_samples(data)
-    dataset = SampleDataset(loaded.samples, processor, cache, data.skip_bad)
+    dataset = SampleDataset(loaded.samples, processor, cache, data.skip_bad, transcription)
     per_epoch = len(dataset) // (cfg.batch_size * world)
     total_steps = cfg.epochs * max(per_epoch // cfg.grad_accum, 1) if cfg.epochs else cfg.max_steps
     summary = f"{len(dataset)} samples ({loaded.skipped} malformed rows skipped)" + "".join(

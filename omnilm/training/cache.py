@@ -5,10 +5,9 @@ import torch
 
 from omnilm.config import Recipe
 from omnilm.data.feature_cache import build_feature_cache, encoder_identity
-from omnilm.data.images import load_image
 from omnilm.data.sources import load_samples
 from omnilm.errors import ConfigError
-from omnilm.model.build import resolve_dtype
+from omnilm.model.build import build_processor, resolve_dtype
 from omnilm.model.encoders import build_encoder
 
 
@@ -27,5 +26,10 @@ def cache_features(recipe: Recipe, out: str | None = None, batch_size: int = 32,
     encoder.to(device=device, dtype=resolve_dtype(recipe.model.llm.dtype, device)).eval()
     if images is None:
         images = [path for sample in load_samples(recipe.data).samples for path in sample.images]
-    return build_feature_cache(encoder, images, folder, encoder_identity(enc_cfg), load_image,
+    processor = build_processor(recipe)  # the image preprocessing training uses
+
+    def prepare(item):
+        return processor.preprocess("image", processor.read("image", item))  # [3, S, S]
+
+    return build_feature_cache(encoder, images, folder, encoder_identity(enc_cfg), prepare,
                                batch_size=batch_size, skip_bad=recipe.data.skip_bad, progress=progress)

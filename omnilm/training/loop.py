@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from tqdm import tqdm
 
 from omnilm.config import Recipe, save_recipe
-from omnilm.data.chat import IGNORE
+from omnilm.core.sample import IGNORE
 from omnilm.data.feature_cache import open_recipe_cache
 from omnilm.errors import ConfigError, TrainingStopped
 from omnilm.model.build import build_model, materialize_random, portable

@@ -9,7 +9,7 @@ import torch
 from omnilm.audio.transcribe import make_transcriber
 from omnilm.config import DataConfig
 from omnilm.data.audio import load_audio
-from omnilm.data.sample import AUDIO_TOKEN, Message, Sample
+from omnilm.core.sample import AUDIO_TOKEN, Message, Sample
 from omnilm.data.sources import load_samples
 from omnilm.eval.runner import evaluate, generate_texts, split_prompt
 from omnilm.model.saved import load_pretrained

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omnilm.config import DataConfig
 from omnilm.data.rows import Loaded, RowCollector
-from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.data.speech import synthesize
 from omnilm.errors import ConfigError
 from omnilm.tasks.easyvqa.data import (LAYOUTS, MIXED, EasyVQAItem, balance_yes_no, choose_layouts,

@@ -1,18 +1,20 @@
 """`omnilm data check`: every row and media item of a recipe's data, read the way training reads
-it (the same sources, processor and feature cache), so the check and training cannot disagree."""
+it (the same sources, processor and feature cache), so the check and training cannot disagree.
+It lives with the model because the processor does; it builds no encoder and reads no weights."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from omnilm.audio.route import Transcription
 from omnilm.config import Recipe
 from omnilm.data.dataset import SampleDataset, describe_bad
 from omnilm.data.feature_cache import open_recipe_cache
 from omnilm.data.sources import read_source
 from omnilm.errors import DataError
+from omnilm.model.build import build_processor
 
 
 @dataclass
@@ -29,7 +31,8 @@ class CheckReport:
 
 def check_data(recipe: Recipe, progress: bool = True) -> CheckReport:
     loaded = read_source(dataclasses.replace(recipe.data, skip_bad=True))  # collect every bad row
-    dataset = SampleDataset(loaded.samples, data_processor(recipe), open_recipe_cache(recipe))
+    dataset = SampleDataset(loaded.samples, build_processor(recipe), open_recipe_cache(recipe),
+                            transcription=Transcription.from_model_config(recipe.model))
     report = CheckReport(rows=len(loaded.samples) + len(loaded.bad), bad=list(loaded.bad))
     for index, sample in enumerate(tqdm(loaded.samples, desc="checking data", unit="sample", disable=not progress)):
         try:
@@ -39,20 +42,3 @@ def check_data(recipe: Recipe, progress: bool = True) -> CheckReport:
         else:
             report.good_ids.append(sample.id or f"#{index}")
     return report
-
-
-def data_processor(recipe: Recipe):
-    """The processor training builds, without the language model: its tokenizer and the encoders'
-    preprocessing are all that reading a sample needs."""
-    from omnilm.model.build import build_processor
-    from omnilm.model.paths import resolve_path
-    from omnilm.model.encoders import build_encoder
-
-    encoders = {}
-    for modality in ("image", "audio"):
-        enc_cfg = copy.deepcopy(getattr(recipe.model, modality))
-        if enc_cfg is not None:
-            enc_cfg.name_or_path = resolve_path(enc_cfg.name_or_path, None)
-            encoders[modality] = build_encoder(enc_cfg, recipe.model.seed)
-    return build_processor(recipe, encoders)
-

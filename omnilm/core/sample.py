@@ -1,4 +1,4 @@
-"""The one in-memory form every data source produces."""
+"""The one in-memory form every data source produces, and the token facts every layer shares."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,6 +12,8 @@ MEDIA_TOKENS = {"image": IMAGE_TOKEN, "audio": AUDIO_TOKEN}
 # Token ids that stand for one media feature vector each. Negative, so they can never collide
 # with a real vocabulary entry and no tokenizer or embedding table has to change.
 PLACEHOLDER_IDS = {"image": -200, "audio": -300}
+# The label of a position nothing is learned at (what torch's cross entropy skips by default).
+IGNORE = -100
 
 
 @dataclass

@@ -1,0 +1,47 @@
+"""Whisper log-mel features at the audio's real length, and how many encoder frames they become.
+
+Whisper's feature extractor pads every clip to 30 s; here a clip is cut into window-sized pieces
+(Whisper's 30 s), each piece normalized on its own as Whisper sees it, and padded only to a whole
+number of conv strides, so a 10 s clip makes 500 encoder frames instead of 1,500.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from transformers import WhisperFeatureExtractor
+
+from omnilm.errors import MediaError
+
+# conv1 has stride 1 and conv2 stride 2: one encoder frame per two mel frames.
+CONV_STRIDE = 2
+
+
+def window_frames(max_source_positions: int) -> int:
+    """Mel frames in one encoder window (3,000 for Whisper's 1,500 positions: 30 s)."""
+    return max_source_positions * CONV_STRIDE
+
+
+def real_length_log_mel(extractor: WhisperFeatureExtractor, waveform, window: int) -> torch.Tensor:
+    """16 kHz mono waveform -> log-mel [n_mels, F] at the real length (F even); `window` mel frames
+    per encoder window."""
+    wave = np.asarray(waveform, dtype=np.float32).reshape(-1)  # [N]
+    if wave.size == 0:
+        raise MediaError("cannot encode empty audio (0 samples)")
+    samples = window * extractor.hop_length  # samples per window
+    pieces = [wave[i: i + samples] for i in range(0, wave.size, samples)]
+    return torch.cat([_log_mel(extractor, piece) for piece in pieces], dim=1)  # [n_mels, F]
+
+
+def _log_mel(extractor: WhisperFeatureExtractor, wave: np.ndarray) -> torch.Tensor:
+    wave = np.pad(wave, (0, -wave.size % (extractor.hop_length * CONV_STRIDE)))
+    features = extractor(wave, sampling_rate=extractor.sampling_rate, padding="do_not_pad", truncation=False,
+                         return_tensors="np").input_features  # [1, n_mels, N / hop]
+    return torch.from_numpy(features[0])
+
+
+def encoder_frames(mel_frames: int) -> int:
+    """Each window's conv2 (kernel 3, stride 2, padding 1) yields ceil(F_w / 2) frames; full
+    windows are even, so a clip of F mel frames makes ceil(F / 2)."""
+    return math.ceil(mel_frames / CONV_STRIDE)
