@@ -156,7 +156,7 @@ def test_one_shot_transcription_route_from_the_command_line(run, tmp_path, capsy
     voiced, voiced_processor = load_pretrained(run_dir, audio_route="transcribe",
                              transcriber=TranscriberConfig("ctranslate2", "zoo:whisper-tiny.en"))
     sample = Sample([Message("user", "<image>\nQuestion: <audio>\nAnswer:")], images=[str(image)], audios=[str(wav)])
-    heard_sample, (heard,) = Transcription.for_model(voiced)(sample)
+    heard_sample, (heard,) = Transcription.for_processor(voiced_processor)(sample)
     assert "colo" in heard.lower() and "shape" in heard.lower()
     expected = generate(voiced, voiced_processor, [heard_sample], GenerationConfig(max_new_tokens=8))[0].text
     printed = capsys.readouterr()

@@ -160,3 +160,20 @@ def test_init_from_a_model_folder_takes_its_projectors(tiny_data, tmp_path):
     started = build_model(tiny_recipe(tiny_data, tmp_path, model={"init_from": str(folder)}))[0]
     for (name, mine), theirs in zip(started.projectors.named_parameters(), model.projectors.parameters()):
         torch.testing.assert_close(mine, theirs, msg=name)
+
+
+def test_building_keeps_loaded_weights_and_fresh_lora(tiny_data, tmp_path):
+    """post_init must not re-initialize what was loaded: LoRA's B stays zero (the adapted model
+    starts as its base), the LLM and encoder weights stay as their folders hold them."""
+    from transformers import AutoModelForCausalLM
+
+    recipe = tiny_recipe(tiny_data, tmp_path)
+    recipe.model.llm.lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    model, _ = build_model(recipe, base_dir=tmp_path / "base")
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and all(not p.any() for p in lora_b)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "base" / "llm").state_dict()
+    base = model.llm.get_base_model().state_dict()
+    for name, tensor in saved.items():
+        module, _, leaf = name.rpartition(".")
+        torch.testing.assert_close(base.get(name, base.get(f"{module}.base_layer.{leaf}")), tensor, msg=name)

@@ -14,7 +14,7 @@ from omnilm.core.sample import Message, Sample
 from omnilm.generation import GenerationConfig, generate
 from omnilm.model.build import build_model
 from omnilm.model.saved import load_pretrained
-from omnilm.model.export import export_model
+from omnilm.model.saved import write_model_folder
 from omnilm.model.omni import OmniLM
 from omnilm.serve.engine import Engine
 
@@ -67,7 +67,7 @@ def test_built_side_by_side_and_neither_holds_the_other(built):
 def test_export_saves_both_and_load_returns_both(built, tmp_path):
     model, processor = built
     prompt = ask("What colour?", draw_shape("red", "circle"))
-    export_model(model, processor, tmp_path / "export")
+    write_model_folder(model, processor, tmp_path / "export")
     loaded_model, loaded_processor = load_pretrained(tmp_path / "export")
     assert isinstance(loaded_model, OmniLM) and not hasattr(loaded_model, "processor")
     ids = processor.encode_prompt(prompt).input_ids.tolist()

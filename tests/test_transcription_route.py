@@ -24,7 +24,7 @@ def test_transcript_replaces_the_audio_marker(tiny_data, tmp_path):
     recipe = tiny_recipe(tiny_data, tmp_path, model={"transcriber": OFFLINE_WHISPER})
     model, processor = build_model(recipe)
     assert processor.audio_route == "transcribe"
-    transcription = Transcription.for_model(model)  # the step before the processor
+    transcription = Transcription.for_processor(processor)  # the step before the processor
     wav, text = spoken(tiny_data)
     sample = Sample([Message("user", "<image>Question: <audio>")], images=[sorted(tiny_data["coco_images"].iterdir())[0]],
                     audios=[wav])
@@ -42,10 +42,10 @@ def test_route_is_chosen_at_inference_time(tiny_data, tmp_path):
     wav, _ = spoken(tiny_data)
     with pytest.raises(DataError, match="no audio encoder and no transcriber"):
         plain.encode_prompt(Sample([Message("user", "<audio>")], audios=[wav]))
-    with pytest.raises(ConfigError, match="audio_route=transcribe needs model.transcriber"):
+    with pytest.raises(ConfigError, match="audio route transcribe needs a transcriber"):
         load_pretrained(run, audio_route="transcribe")
     model, voiced = load_pretrained(run, audio_route="transcribe", transcriber=TranscriberConfig(**OFFLINE_WHISPER))
-    heard, transcripts = Transcription.for_model(model)(Sample([Message("user", "<audio>")], audios=[wav]))
+    heard, transcripts = Transcription.for_processor(voiced)(Sample([Message("user", "<audio>")], audios=[wav]))
     assert transcripts and transcripts[0].strip()
     assert voiced.encode_prompt(heard).input_ids.tolist()
 

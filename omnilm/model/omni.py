@@ -48,6 +48,8 @@ class OmniLM(PreTrainedModel):
     def __init__(self, config: OmniConfig, llm: nn.Module | None = None, encoders: dict | None = None,
                  seed: int | None = None):
         super().__init__(config)
+        for part in (llm, *(encoders or {}).values()):
+            _mark_initialized(part)
         self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.text_config)
         self.encoders = nn.ModuleDict(encoders if encoders is not None else {
             m: build_encoder(_skeleton_recipe(config, m)) for m in config.modalities})
@@ -195,6 +197,13 @@ class OmniLM(PreTrainedModel):
         """KV-cached generation through the LLM's own `generate`; returns only the new token ids."""
         embeds = self.embed(input_ids, media, features)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+
+def _mark_initialized(part: nn.Module | None) -> None:
+    """A loaded part (LoRA adapters included, whose B starts at zero) keeps its weights:
+    post_init initializes only modules transformers has not marked as initialized."""
+    for module in part.modules() if part is not None else ():
+        module._is_hf_initialized = True
 
 
 def _skeleton_recipe(config: OmniConfig, modality: str):
