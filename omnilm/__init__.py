@@ -5,7 +5,7 @@ The public API, importable from here:
     from omnilm import load_recipe, train, load_pretrained, Sample, Message, GenerationConfig, generate
 
     result = train(load_recipe("configs/tiny-stage1.yaml"))        # a run folder
-    model, processor = load_pretrained(result.run_dir)              # OmniLM and OmniProcessor
+    model, processor = load_pretrained(result.run_dir)              # OmniLM.from_pretrained + OmniProcessor's
     ask = Sample([Message("user", "<image>\\nWhat colour is it?")], images=["shape.png"])
     print(generate(model, processor, [ask])[0].text)
 
@@ -22,10 +22,11 @@ __version__ = "0.1.0"
 PUBLIC = {
     "load_recipe": "omnilm.config",              # YAML recipe (+ dotted overrides) -> checked Recipe
     "Recipe": "omnilm.config",
-    "OmniLM": "omnilm.model.omni",               # encoders + projectors + any HF causal LM
+    "OmniLM": "omnilm.model.omni",               # encoders + projectors + any HF causal LM (PreTrainedModel)
+    "OmniConfig": "omnilm.model.configuration",  # what an OmniLM is rebuilt from (config.json)
     "OmniProcessor": "omnilm.model.processing",  # tokenizer, template, media -> model inputs
     "build_model": "omnilm.model.build",         # recipe -> (OmniLM, OmniProcessor), untrained parts
-    "load_pretrained": "omnilm.model.saved",      # run or export folder -> (OmniLM, OmniProcessor)
+    "load_pretrained": "omnilm.model.saved",     # model, run or export folder -> (OmniLM, OmniProcessor)
     "train": "omnilm.training.loop",             # one stage of a recipe -> RunResult
     "Sample": "omnilm.core.sample",              # messages + images + audios
     "Message": "omnilm.core.sample",

@@ -22,10 +22,16 @@ def test_importing_omnilm_stays_light():
 
 
 def test_the_readme_python_example_runs(tmp_path):
-    from omnilm import GenerationConfig, Message, Sample, build_model, generate, load_recipe, stream
-    from omnilm.data.fixtures import draw_shape
+    import torch
 
-    model, processor = build_model(load_recipe("configs/tiny-stage1.yaml"), base_dir=tmp_path)
+    from omnilm import GenerationConfig, Message, OmniLM, OmniProcessor, Sample, build_model, generate, load_recipe, stream
+    from omnilm.data.fixtures import draw_shape
+    from omnilm.model.saved import write_model_folder
+
+    folder = write_model_folder(*build_model(load_recipe("configs/tiny-stage1.yaml"), base_dir=tmp_path / "base"),
+                                tmp_path / "run")
+    model = OmniLM.from_pretrained(folder, dtype=torch.float32)
+    processor = OmniProcessor.from_pretrained(folder)
     image = tmp_path / "shape.png"
     draw_shape("red", "circle").save(image)
     question = Sample([Message("user", "<image>\nWhat colour is the shape?")], images=[str(image)])
