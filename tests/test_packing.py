@@ -11,6 +11,7 @@ from omnilm.data.packing import pack_rows
 from omnilm.data.encoded import Encoded
 from omnilm.data.sources import load_samples
 from omnilm.model.build import build_model
+from omnilm.model.configuration import OmniConfig
 from omnilm.model.omni import OmniLM
 from tests.conftest import tiny_recipe
 
@@ -24,7 +25,7 @@ def tiny_llama(attention: str) -> OmniLM:
     config = LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                          attn_implementation=attention)
-    return OmniLM(LlamaForCausalLM(config), {}, {})
+    return OmniLM(OmniConfig(text_config=config.to_dict()), llm=LlamaForCausalLM(config))
 
 
 def samples(lengths, seed=0) -> list[Encoded]:

@@ -9,7 +9,7 @@ from omnilm.cli import main
 from omnilm.config import load_recipe
 from omnilm.data.collate import collate
 from omnilm.data.sources import load_samples
-from omnilm.model.saved import load_pretrained
+from omnilm.model.saved import load_pretrained, load_run
 from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 
@@ -47,7 +47,7 @@ def test_qlora_stage2_starts_from_stage1_and_trains_adapters_and_projector(tiny_
     recipe = stage2_recipe(tiny_data, stage1_run, tmp_path)
     before, _ = load_pretrained(stage1_run)
     result = train(recipe, progress=False)
-    after, _ = load_pretrained(result.run_dir)
+    after, _ = load_run(result.run_dir)  # the model as it trained: 4-bit base, adapters
     assert type(after.llm).__name__.startswith("Peft")
     saved = load_file(str(result.run_dir / "weights.safetensors"))
     assert any("lora_A" in k for k in saved) and any(k.startswith("projectors.image") for k in saved)
@@ -57,6 +57,14 @@ def test_qlora_stage2_starts_from_stage1_and_trains_adapters_and_projector(tiny_
     assert not torch.equal(w0, w1)  # started from stage 1 and moved on
     # 4-bit base: linear weights are bitsandbytes Params4bit
     assert any(getattr(p, "quant_state", None) is not None for p in after.llm.parameters())
+    # the run's model folder holds the same model with LoRA merged into the dequantized base
+    merged, processor = load_pretrained(result.run_dir)
+    assert not hasattr(merged.llm, "get_base_model") and not any(hasattr(p, "quant_state") for p in merged.parameters())
+    batch = collate([processor(s) for s in load_samples(recipe.data).samples[:2]], processor.tokenizer.pad_token_id)
+    inputs = {k: v for k, v in batch.model_inputs().items() if k != "labels"}
+    with torch.no_grad():
+        expected, got = after(**inputs).logits, merged(**inputs).logits
+    torch.testing.assert_close(got, expected, atol=1e-3, rtol=1e-3)
 
 
 def test_train_after_eval_works_with_4bit_on_cpu(tiny_data, stage1_run, tmp_path):
