@@ -24,7 +24,8 @@ from omnilm.config import EncoderConfig, LLMConfig, ProjectorConfig, Recipe, loa
 from omnilm.data.processor import OmniProcessor
 from omnilm.errors import ConfigError, OmniError
 from omnilm.extras import require
-from omnilm.model.checkpoint import atomic_folder, load_trained_weights, nbytes, weights_file
+from omnilm.files import atomic_folder
+from omnilm.model.checkpoint import load_trained_weights, nbytes, weights_file
 from omnilm.model.checks import check_against_model, check_llava_start
 from omnilm.model.components import ENCODERS
 from omnilm.model.encoders import build_encoder

@@ -6,14 +6,13 @@ so the exported weights compute what the QLoRA model computed during training.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from omnilm.config import save_recipe
 from omnilm.errors import ConfigError
+from omnilm.files import atomic_folder
 from omnilm.model.build import RECIPE_FILE
 from omnilm.model.paths import LOCAL
 from omnilm.model.checkpoint import WEIGHTS, atomic_save
@@ -24,10 +23,12 @@ def export_model(model, processor, out, dtype: torch.dtype | None = None, card=N
     """Write llm/ (with the processor's tokenizer), <modality>_encoder/, weights.safetensors
     (projectors) and recipe.yaml: a folder `load_pretrained` turns back into both. `card(folder)`
     writes the model card."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_folder(Path(out)) as tmp:
+        _write_export(model, processor, tmp, dtype, card)
+    return Path(out)
+
+
+def _write_export(model, processor, tmp: Path, dtype: torch.dtype | None, card) -> None:
     llm_dtype = dtype or next(p for p in model.llm.parameters() if p.is_floating_point()).dtype
     llm = plain_llm(model.llm, llm_dtype)
     llm.save_pretrained(tmp / "llm")
@@ -45,10 +46,6 @@ def export_model(model, processor, out, dtype: torch.dtype | None = None, card=N
     save_recipe(recipe, tmp / RECIPE_FILE)
     if card is not None:
         card(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out
 
 
 FORMATS = ("omnilm", "llava")
