@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml
 
+from omnilm.config import CHOICES
 from omnilm.errors import ConfigError, OmniError, TrainingStopped
 from omnilm.extras import install_hint, missing_optional
 from omnilm.training.launched import exit_launched, is_launched
@@ -143,10 +144,10 @@ def _add_serving_options(p, port: int) -> None:
 
 
 def _add_audio_route_options(p) -> None:
-    p.add_argument("--audio-route", choices=["auto", "native", "transcribe"],
+    p.add_argument("--audio-route", choices=CHOICES["model.audio_route"],
                    help="how audio reaches the model (default: the model's recipe)")
     p.add_argument("--transcriber", help="Whisper for the transcription route: folder, hub id or zoo:whisper-tiny.en")
-    p.add_argument("--transcriber-backend", choices=["transformers", "ctranslate2"],
+    p.add_argument("--transcriber-backend", choices=CHOICES["model.transcriber.backend"],
                    help="default: ctranslate2 for zoo: models, else transformers")
 
 
@@ -251,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="merge LoRA (dequantizing a 4-bit base) into a self-contained folder")
     p.add_argument("--model", required=True, help="run folder (or export folder)")
     p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=CHOICES["model.llm.dtype"])
     p.add_argument("--format", default="omnilm", choices=["omnilm", "llava"],
                    help="llava: a transformers LlavaForConditionalGeneration folder (vLLM, SGLang, TGI serve it)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hugging Face hub repo")
@@ -291,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a trained model on a data set (VQA accuracy, BLEU-4/CIDEr, WER)")
     p.add_argument("--model", required=True, help="a trained run or export folder")
     p.add_argument("--data", help="annotation / conversation / manifest file (easyvqa needs none)")
-    p.add_argument("--source", required=True, choices=["llava", "jsonl", "easyvqa", "asr", "coco"])
+    p.add_argument("--source", required=True, choices=CHOICES["data.source"])
     p.add_argument("--metric", choices=["vqa", "caption", "wer"], help="default: wer for asr, else vqa")
     p.add_argument("--image-dir", help="folder relative image paths start from (default: the data file's)")
     p.add_argument("--audio-dir", help="folder relative audio paths start from (default: the data file's)")
