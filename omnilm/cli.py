@@ -88,17 +88,21 @@ def cmd_quickstart(args) -> None:
                    seed=args.seed, compare_transcription=args.compare_transcription)
 
 
+def _limits(args):
+    from omnilm.serve.limits import MIB, Limits
+
+    return Limits(allow_remote_images=args.allow_remote_images, max_batch_size=args.max_batch_size,
+                  allow_private_image_hosts=args.allow_private_image_hosts,
+                  remote_timeout_s=args.remote_image_timeout,
+                  max_new_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
+                  max_body_bytes=args.max_body_mb * MIB, max_image_pixels=args.max_image_pixels,
+                  max_image_side=args.max_image_side, max_audio_seconds=args.max_audio_seconds)
+
+
 def _serve_state(args):
-    from omnilm.serve.limits import Limits
     from omnilm.serve.server import load_state
 
-    limits = Limits(allow_remote_images=args.allow_remote_images, max_batch_size=args.max_batch_size,
-                    allow_private_image_hosts=args.allow_private_image_hosts,
-                    remote_timeout_s=args.remote_image_timeout,
-                    max_new_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
-                    max_body_bytes=args.max_body_mb * 1024 * 1024, max_image_pixels=args.max_image_pixels,
-                    max_image_side=args.max_image_side, max_audio_seconds=args.max_audio_seconds)
-    return load_state(args.model, model_name=args.model_name, api_key=args.api_key, limits=limits,
+    return load_state(args.model, model_name=args.model_name, api_key=args.api_key, limits=_limits(args),
                       device=args.device, audio_route=args.audio_route, transcriber=args.transcriber,
                       transcriber_backend=args.transcriber_backend, allow_special_tokens=args.allow_special_tokens)
 
@@ -118,6 +122,9 @@ def cmd_app(args) -> None:
 def _add_serving_options(p, port: int) -> None:
     import os
 
+    from omnilm.serve.limits import MIB, Limits
+
+    limits = Limits()  # the defaults
     p.add_argument("--model", required=True, help="a trained run or export folder")
     p.add_argument("--model-name", help="name clients use in 'model' (default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept connections from other machines")
@@ -129,15 +136,20 @@ def _add_serving_options(p, port: int) -> None:
                    help="let requests give http(s) image URLs that the server then fetches (public addresses only)")
     p.add_argument("--allow-private-image-hosts", action="store_true",
                    help="with --allow-remote-images: also fetch from loopback, private and link-local addresses")
-    p.add_argument("--remote-image-timeout", type=float, default=10.0,
+    p.add_argument("--remote-image-timeout", type=float, default=limits.remote_timeout_s,
                    help="seconds for a whole image fetch (connect, redirects, every byte)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together in one batch")
-    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-batch-size", type=int, default=limits.max_batch_size,
+                   help="requests generated together in one batch")
+    p.add_argument("--max-tokens-limit", type=int, default=limits.max_new_tokens,
+                   help="largest max_tokens a request may ask for")
     p.add_argument("--max-prompt-tokens", type=int, help="refuse longer prompts (default: the context decides)")
-    p.add_argument("--max-body-mb", type=int, default=20, help="largest request body, base64 media included")
-    p.add_argument("--max-image-pixels", type=int, default=16_000_000, help="refuse images with more pixels")
-    p.add_argument("--max-image-side", type=int, default=16_384, help="refuse images wider or taller than this")
-    p.add_argument("--max-audio-seconds", type=float, default=60.0, help="refuse longer audio")
+    p.add_argument("--max-body-mb", type=int, default=limits.max_body_bytes // MIB,
+                   help="largest request body, base64 media included")
+    p.add_argument("--max-image-pixels", type=int, default=limits.max_image_pixels,
+                   help="refuse images with more pixels")
+    p.add_argument("--max-image-side", type=int, default=limits.max_image_side,
+                   help="refuse images wider or taller than this")
+    p.add_argument("--max-audio-seconds", type=float, default=limits.max_audio_seconds, help="refuse longer audio")
     p.add_argument("--allow-special-tokens", action="store_true",
                    help="let special tokens typed in messages (<|endoftext|>) be control tokens, not text")
     _add_audio_route_options(p)

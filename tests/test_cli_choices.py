@@ -1,10 +1,11 @@
-"""Every `choices=` list of the CLI is the list of the place that owns those names."""
+"""The CLI restates no fact: its choices lists and serving defaults are those of their owners."""
 import argparse
 
-from omnilm.cli import build_parser
+from omnilm.cli import _limits, build_parser
 from omnilm.config import CHOICES
 from omnilm.eval.runner import ANSWER_PARTS, METRICS
 from omnilm.model.export import FORMATS
+from omnilm.serve.limits import Limits
 
 OWNERS = {
     ("serve", "audio_route"): CHOICES["model.audio_route"],
@@ -41,3 +42,9 @@ def test_every_cli_choices_list_equals_its_owners():
 def test_eval_accepts_every_data_source_hf_included():
     args = build_parser().parse_args(["eval", "--model", "run", "--source", "hf", "--data", "some/dataset"])
     assert args.source == "hf"
+
+
+def test_serve_flags_default_to_the_servers_own_limits():
+    for command in ("serve", "app"):
+        args = build_parser().parse_args([command, "--model", "run"])
+        assert _limits(args) == Limits()
