@@ -11,7 +11,8 @@ from typing import Callable, Iterable, Iterator
 
 from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.errors import MediaError, OmniError
-from omnilm.generation import GenerationConfig, stream
+from omnilm.generation import stream
+from omnilm.generation_settings import GenerationSettings
 
 HELP = """commands:
   /image PATH   attach an image to your next message
@@ -22,12 +23,12 @@ HELP = """commands:
 
 
 class ChatSession:
-    def __init__(self, model, processor, config: GenerationConfig | None = None, system: str | None = None,
+    def __init__(self, model, processor, config: GenerationSettings | None = None, system: str | None = None,
                  on_transcript: Callable[[list[str]], object] | None = None):
         """`on_transcript` hears what Whisper made of each turn's audio (transcription route)."""
         self.model = model
         self.processor = processor
-        self.config = config or GenerationConfig()
+        self.config = config or GenerationSettings()
         self.system = system
         self.on_transcript = on_transcript
         self.reset()

@@ -16,6 +16,7 @@ import yaml
 from omnilm.config import CHOICES
 from omnilm.errors import ConfigError, OmniError, TrainingStopped
 from omnilm.extras import install_hint, missing_optional
+from omnilm.generation_settings import GenerationSettings
 from omnilm.training.launched import exit_launched, is_launched
 
 
@@ -188,10 +189,9 @@ def cmd_chat(args) -> None:
 
     from omnilm.chat import ChatSession, run_repl
     from omnilm.errors import MediaError
-    from omnilm.generation import GenerationConfig
     from omnilm.model.build import load_pretrained
 
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+    config = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, repetition_penalty=args.repetition_penalty, stop=args.stop or [],
                               seed=args.seed).validate()  # before the (slow) model load
     missing = [p for p in (args.image or []) + (args.audio or []) if not Path(p).is_file()]
@@ -291,11 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", metavar="PATH", help="image for the (first) message; repeatable")
     p.add_argument("--audio", action="append", metavar="PATH", help="audio file for the (first) message; repeatable")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    settings = GenerationSettings()  # the defaults; their bounds are checked before the model loads
+    p.add_argument("--max-new-tokens", type=int, default=settings.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=settings.temperature, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=settings.top_p)
+    p.add_argument("--top-k", type=int, default=settings.top_k, help="0 = off")
+    p.add_argument("--repetition-penalty", type=float, default=settings.repetition_penalty)
     p.add_argument("--stop", action="append", metavar="TEXT", help="end the answer before this text; repeatable")
     p.add_argument("--seed", type=int, help="make sampling reproducible")
     p.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: where the weights load)")

@@ -58,9 +58,10 @@ def split_prompt(sample: Sample) -> tuple[Sample, str]:
 def generate_texts(model, processor, prompts: list[Sample], max_new_tokens: int, batch_size: int = 32,
                    progress: bool = True, desc: str = "evaluating") -> list[str]:
     """Greedy answers for each prompt, in order, in batches (with a progress bar)."""
-    from omnilm.generation import GenerationConfig, generate
+    from omnilm.generation import generate
+    from omnilm.generation_settings import GenerationSettings
 
-    config = GenerationConfig(max_new_tokens=max_new_tokens)
+    config = GenerationSettings(max_new_tokens=max_new_tokens)
     texts: list[str] = []
     with tqdm(total=len(prompts), desc=desc, unit="q", disable=not progress, dynamic_ncols=True) as bar:
         for start in range(0, len(prompts), batch_size):

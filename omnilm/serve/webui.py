@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 from omnilm.data.audio import SAMPLING_RATE, load_audio
 from omnilm.data.images import ACCEPTED_IMAGES, load_image
 from omnilm.errors import OmniError
-from omnilm.generation import GenerationConfig
+from omnilm.generation_settings import GenerationSettings
 from omnilm.serve.engine import Busy
 from omnilm.serve.errors import APIError
 from omnilm.serve.protocol import AudioClip, Turn, to_sample
@@ -59,7 +59,7 @@ def build_ui(state) -> tuple[gr.Blocks, list[str]]:
             history += shown
             history.append({"role": "assistant", "content": ""})
             yield history, past, "", None, None
-            config = GenerationConfig(max_new_tokens=int(max_new), temperature=float(temp))
+            config = GenerationSettings(max_new_tokens=int(max_new), temperature=float(temp))
             # max_tokens_given=False: a long conversation gets a shorter answer, not an error.
             handle, answer = None, ""
             try:
