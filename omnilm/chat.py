@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.data.markers import with_markers
+from omnilm.data.sample import Message, Sample
 from omnilm.errors import MediaError, OmniError
 from omnilm.generation import stream
 from omnilm.generation_settings import GenerationSettings
@@ -75,13 +76,6 @@ class ChatSession:
         self.messages += [user, Message("assistant", "".join(pieces).strip())]
         self.images += images
         self.audios += audios
-
-
-def with_markers(text: str, images: int, audios: int) -> str:
-    """`text` with a marker line put first for each image and audio it does not mark itself."""
-    missing_images = max(images - text.count(IMAGE_TOKEN), 0)
-    missing_audios = max(audios - text.count(AUDIO_TOKEN), 0)
-    return "\n".join([IMAGE_TOKEN] * missing_images + [AUDIO_TOKEN] * missing_audios + ([text] if text else []))
 
 
 def run_repl(session: ChatSession, lines: Iterable[str], write: Callable[[str], object]) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from omnilm.chat import ChatSession, run_repl, with_markers
+from omnilm.chat import ChatSession, run_repl
+from omnilm.data.markers import with_markers
 from omnilm.cli import main
 from omnilm.data.sample import Message, Sample
 from omnilm.generation import generate

@@ -13,8 +13,9 @@ import torch
 
 from omnilm.audio.transcribe import SpeechToText
 from omnilm.data.audio import load_sample_audio
-from omnilm.data.chat import IGNORE, get_template, media_first, render
+from omnilm.data.chat import IGNORE, get_template, render
 from omnilm.data.images import load_image
+from omnilm.data.markers import media_first
 from omnilm.data.sample import Message, Sample, check_messages
 from omnilm.errors import DataError, MediaError
 from omnilm.model.components import ENCODERS

@@ -19,7 +19,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       ValidationInfo, field_validator)
 from pydantic_core import PydanticCustomError
 
-from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, MEDIA_TOKENS, Message, Sample
+from omnilm.data.markers import join_parts, reserved_marker
+from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.generation_settings import (GenerationSettings, RepetitionPenalty, Seed, StopText, Temperature, TopK,
                                         TopP)
 from omnilm.serve.errors import APIError, bad_request
@@ -51,11 +52,10 @@ def _part_kind(value) -> str | None:
 
 
 def _no_media_markers(text: str) -> str:
-    for token in MEDIA_TOKENS.values():
-        # The markers are how media enters the prompt; typed ones would shift every image.
-        if token in text:
-            raise PydanticCustomError("reserved_marker", "contains the reserved marker {token}; send media as "
-                                      "image_url / input_audio parts instead", {"token": token})
+    # The markers are how media enters the prompt; typed ones would shift every image.
+    if token := reserved_marker(text):
+        raise PydanticCustomError("reserved_marker", "contains the reserved marker {token}; send media as "
+                                  "image_url / input_audio parts instead", {"token": token})
     return text
 
 
@@ -323,8 +323,7 @@ def to_sample(turns: list[Turn]) -> Sample:
                 audios.append((part.wave, SAMPLING_RATE))
             else:
                 pieces.append(part)
-        # "<image>\nquestion" is the LLaVA-style layout the data sources train on.
-        messages.append(Message(turn.role, "\n".join(pieces)))
+        messages.append(Message(turn.role, join_parts(pieces)))
     return Sample(messages, images, audios)
 
 

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from omnilm.data.audio import SAMPLING_RATE, load_audio
 from omnilm.data.images import ACCEPTED_IMAGES, load_image
+from omnilm.data.markers import reserved_marker
 from omnilm.errors import OmniError
 from omnilm.generation_settings import GenerationSettings
 from omnilm.serve.engine import Busy
@@ -144,8 +145,8 @@ def _user_turn(state, message: str, image_path: str | None, audio_path: str | No
     except OmniError as err:
         raise gr.Error(str(err)) from None
     if message:
-        if "<image>" in message or "<audio>" in message:
-            raise gr.Error("<image> and <audio> are reserved markers; use the image and audio inputs instead.")
+        if token := reserved_marker(message):
+            raise gr.Error(f"{token} is a reserved marker; use the image and audio inputs instead.")
         parts.append(message)
         shown.append({"role": "user", "content": message})
     return Turn("user", parts), shown
