@@ -151,5 +151,9 @@ def _replace_folder(new: Path, target: Path) -> None:
     aside = aside_path(target)
     remove(aside)
     os.replace(target, aside)
-    os.replace(new, target)  # a kill before this line leaves `aside`, which recover() puts back
+    try:
+        os.replace(new, target)  # a kill before this line leaves `aside`, which recover() puts back
+    except BaseException:
+        os.replace(aside, target)
+        raise
     remove(aside)

@@ -1,5 +1,6 @@
 """omnilm.files: a target is complete or absent (or the old one), whatever kills or fails a write."""
 import errno
+import os
 import subprocess
 import sys
 import textwrap
@@ -90,6 +91,42 @@ def test_a_failure_mid_replace_keeps_the_old_folder(tmp_path):
             raise ValueError("half way")
     assert _contents(target) == {"a.txt": "old", "b.txt": "old"}
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_failed_rename_mid_replace_puts_the_old_folder_back(tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    _write(target, "old")
+    real, calls = os.replace, []
+
+    def failing_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # the new folder moving in
+            raise OSError(errno.EXDEV, "cross-device link")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_second_rename)
+    with pytest.raises(OSError, match="cross-device"):
+        _write(target, "new")
+    monkeypatch.undo()
+    assert _contents(target) == {"a.txt": "old", "b.txt": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_a_feature_cache_reader_recovers_an_interrupted_rebuild(tmp_path):
+    import json
+
+    import numpy as np
+
+    from omnilm.data.feature_cache import FeatureCache
+
+    aside = tmp_path / ("cache" + ASIDE)  # as a kill between the two renames leaves it
+    aside.mkdir()
+    np.save(aside / "features.npy", np.ones((1, 2, 3), dtype=np.float16))
+    (aside / "index.json").write_text(json.dumps({"a.jpg": 0}))
+    (aside / "meta.json").write_text(json.dumps({"encoder": {"type": "clip"}, "count": 1}))
+    cache = FeatureCache.open(tmp_path / "cache", {"type": "clip"})
+    assert len(cache) == 1 and cache.get("a.jpg").shape == (2, 3)
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]
 
 
 def test_a_full_disk_is_one_line_naming_the_target_and_sizes(tmp_path):
