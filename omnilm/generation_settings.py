@@ -15,7 +15,8 @@ from omnilm.errors import ConfigError
 # Each setting's type with its bounds: GenerationSettings checks them, and the server's request
 # fields (serve/protocol.py) are declared with the same types.
 MaxNewTokens = Annotated[int, Field(ge=1)]
-Temperature = Annotated[float, Field(ge=0, le=2)]  # 0 = greedy; OpenAI's range
+MAX_TEMPERATURE = 2.0  # OpenAI's range; the web app's slider ends there too
+Temperature = Annotated[float, Field(ge=0, le=MAX_TEMPERATURE)]  # 0 = greedy
 TopP = Annotated[float, Field(gt=0, le=1)]  # 1 = off
 TopK = Annotated[int, Field(ge=0, le=2**31 - 1)]  # 0 = off
 RepetitionPenalty = Annotated[float, Field(gt=0, le=10)]  # 1 = off

@@ -18,7 +18,7 @@ from omnilm.data.audio import SAMPLING_RATE, load_audio
 from omnilm.data.images import ACCEPTED_IMAGES, load_image
 from omnilm.data.markers import reserved_marker
 from omnilm.errors import OmniError
-from omnilm.generation_settings import GenerationSettings
+from omnilm.generation_settings import MAX_TEMPERATURE, GenerationSettings
 from omnilm.serve.engine import Busy
 from omnilm.serve.errors import APIError
 from omnilm.serve.protocol import AudioClip, Turn, to_sample
@@ -48,7 +48,7 @@ def build_ui(state) -> tuple[gr.Blocks, list[str]]:
         with gr.Accordion("Generation settings", open=False):
             max_tokens = gr.Slider(1, min(limits.max_new_tokens, engine.context or limits.max_new_tokens),
                                    value=min(64, limits.default_max_tokens), step=1, label="Max new tokens")
-            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+            temperature = gr.Slider(0.0, MAX_TEMPERATURE, value=0.0, step=0.05, label="Temperature (0 = greedy)")
         gr.Examples(examples=[[str(examples_dir / "red-square.png"), "What colour is the shape?"],
                               [str(examples_dir / "blue-circle.png"), "Describe the image."],
                               [None, "Hello! What can you do?"]],
