@@ -15,6 +15,7 @@ import yaml
 
 from omnilm.config import CHOICES
 from omnilm.errors import ConfigError, OmniError, TrainingStopped
+from omnilm.eval.runner import ANSWER_PARTS, METRICS
 from omnilm.extras import install_hint, missing_optional
 from omnilm.generation_settings import GenerationSettings
 from omnilm.training.launched import exit_launched, is_launched
@@ -265,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="run folder (or export folder)")
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--dtype", default="auto", choices=CHOICES["model.llm.dtype"])
+    # model/export.py FORMATS, restated: importing it loads torch (tests/test_cli_choices.py holds them equal)
     p.add_argument("--format", default="omnilm", choices=["omnilm", "llava"],
                    help="llava: a transformers LlavaForConditionalGeneration folder (vLLM, SGLang, TGI serve it)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hugging Face hub repo")
@@ -306,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="a trained run or export folder")
     p.add_argument("--data", help="annotation / conversation / manifest file (easyvqa needs none)")
     p.add_argument("--source", required=True, choices=CHOICES["data.source"])
-    p.add_argument("--metric", choices=["vqa", "caption", "wer"], help="default: wer for asr, else vqa")
+    p.add_argument("--metric", choices=METRICS, help="default: wer for asr, else vqa")
     p.add_argument("--image-dir", help="folder relative image paths start from (default: the data file's)")
     p.add_argument("--audio-dir", help="folder relative audio paths start from (default: the data file's)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -314,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="score only the first N samples")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, help="default: 8 (vqa), 48 (caption), 96 (wer)")
-    p.add_argument("--answer", choices=["reply", "last-line"], default="reply",
+    p.add_argument("--answer", choices=tuple(ANSWER_PARTS), default="reply",
                    help="the part of each reply scored: all of it, or its last line (a model that describes "
                         "the image, then answers)")
     p.add_argument("--final-line", dest="answer", action="store_const", const="last-line",
