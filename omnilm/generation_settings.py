@@ -1,54 +1,47 @@
-"""How to generate (`GenerationSettings`), each setting's type carrying its bounds.
+"""How to generate (`GenerationSettings`), each field carrying its bounds.
 
 Kept apart from omnilm.generation (which needs torch) so the CLI's flags and the server's request
-fields can take their defaults and bounds from here at no import cost.
+fields can take their defaults and bounds from here at no import cost. The bounds are declared as
+the recipe's are (`config.bounded`) and checked by the same walk, so the messages read alike.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Annotated
 
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
-
+from omnilm.config import Bounds, bounded, check_bounds
 from omnilm.errors import ConfigError
 
-# Each setting's type with its bounds: GenerationSettings checks them, and the server's request
-# fields (serve/protocol.py) are declared with the same types.
-MaxNewTokens = Annotated[int, Field(ge=1)]
 MAX_TEMPERATURE = 2.0  # OpenAI's range; the web app's slider ends there too
-Temperature = Annotated[float, Field(ge=0, le=MAX_TEMPERATURE)]  # 0 = greedy
-TopP = Annotated[float, Field(gt=0, le=1)]  # 1 = off
-TopK = Annotated[int, Field(ge=0, le=2**31 - 1)]  # 0 = off
-RepetitionPenalty = Annotated[float, Field(gt=0, le=10)]  # 1 = off
-Seed = Annotated[int, Field(ge=-2**63, le=2**63 - 1)]  # int64, as torch.manual_seed takes it
-StopText = Annotated[str, Field(min_length=1, max_length=256)]  # searched for after every token
+MAX_STOP_CHARS = 256  # every stop string is searched for after every generated token
+INT64 = 2**63  # seeds are int64, as torch.manual_seed takes them
 
 
-# strict: True is no seed and "5" no length; revalidate: validate() checks an instance already made
-@with_config(ConfigDict(strict=True, allow_inf_nan=False, revalidate_instances="always"))
 @dataclass
 class GenerationSettings:
     """How to generate: what transformers' GenerationConfig says (`transformers_kwargs` maps it
     there), plus stop strings, a seed per call and the slow reference path."""
 
-    max_new_tokens: MaxNewTokens = 128
-    temperature: Temperature = 0.0
-    top_p: TopP = 1.0
-    top_k: TopK = 0
-    repetition_penalty: RepetitionPenalty = 1.0  # applies to generated tokens (the prompt is embeddings)
-    stop: list[StopText] = field(default_factory=list)  # text ends before the first of these
-    seed: Seed | None = None  # makes sampling reproducible; one seed drives all rows of a batch
+    max_new_tokens: int = bounded(128, ge=1)
+    temperature: float = bounded(0.0, ge=0, le=MAX_TEMPERATURE)  # 0 = greedy
+    top_p: float = bounded(1.0, gt=0, le=1)  # 1 = off
+    top_k: int = bounded(0, ge=0, le=2**31 - 1)  # 0 = off
+    # 1 = off; applies to generated tokens (the prompt is embeddings)
+    repetition_penalty: float = bounded(1.0, gt=0, le=10)
+    stop: list[str] = field(default_factory=list)  # text ends before the first of these
+    seed: int | None = bounded(None, ge=-INT64, le=INT64 - 1)  # makes sampling reproducible; one seed for a batch
     use_cache: bool = True  # False: recompute everything each token (slow reference path)
     ignore_eos: bool = False  # always produce max_new_tokens (benchmarks)
 
     def validate(self) -> "GenerationSettings":
-        """Every field within its bounds, or a one-line ConfigError naming the first that is not."""
-        try:
-            _SETTINGS.validate_python(self)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in first["loc"])[1:]
-            raise ConfigError(f"{where} = {first['input']!r}: {first['msg'][0].lower()}{first['msg'][1:]}") from None
+        """Every number finite and within its bounds, every stop string 1 to MAX_STOP_CHARS
+        characters, or a one-line ConfigError naming the first that is not."""
+        check_bounds(self)
+        if not isinstance(self.stop, list):
+            raise ConfigError(f"stop: expected a list of strings, got {type(self.stop).__name__} {self.stop!r}")
+        for i, stop in enumerate(self.stop):
+            if not isinstance(stop, str) or not 1 <= len(stop) <= MAX_STOP_CHARS:
+                raise ConfigError(f"stop[{i}] = {stop!r}: must be a string of 1 to {MAX_STOP_CHARS} characters")
         return self
 
     @property
@@ -63,4 +56,7 @@ class GenerationSettings:
         return dict(max_new_tokens=self.max_new_tokens, repetition_penalty=self.repetition_penalty, **sampling)
 
 
-_SETTINGS = TypeAdapter(GenerationSettings)
+def bounds_of(name: str) -> dict:
+    """A setting's bounds as keyword arguments (pydantic's Field takes them: the server's request fields)."""
+    found: Bounds = next(f for f in dataclasses.fields(GenerationSettings) if f.name == name).metadata["bounds"]
+    return {k: v for k, v in dataclasses.asdict(found).items() if v is not None}

@@ -21,8 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from omnilm.data.markers import join_parts, reserved_marker
 from omnilm.data.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
-from omnilm.generation_settings import (GenerationSettings, RepetitionPenalty, Seed, StopText, Temperature, TopK,
-                                        TopP)
+from omnilm.generation_settings import MAX_STOP_CHARS, GenerationSettings, bounds_of
 from omnilm.serve.errors import APIError, bad_request
 from omnilm.serve.limits import Limits
 from omnilm.serve.media import SAMPLING_RATE, read_image_url, read_input_audio
@@ -61,6 +60,7 @@ def _no_media_markers(text: str) -> str:
 
 # Union members are tagged <like-this>; `param_path` leaves the tags out of the field path.
 UserText = Annotated[str, AfterValidator(_no_media_markers)]
+StopText = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
 
 
 class _Strict(BaseModel):
@@ -128,12 +128,12 @@ class ChatCompletionRequest(_Strict):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = None  # bounds come from the server's Limits (validation context)
     max_completion_tokens: int | None = None
-    # the bounds are GenerationSettings' own (omnilm.generation)
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    top_k: TopK | None = None  # not OpenAI's, but vLLM-style clients send it
-    repetition_penalty: RepetitionPenalty | None = None
-    seed: Seed | None = None
+    # the bounds are GenerationSettings' own (omnilm.generation_settings)
+    temperature: float | None = Field(None, **bounds_of("temperature"))
+    top_p: float | None = Field(None, **bounds_of("top_p"))
+    top_k: int | None = Field(None, **bounds_of("top_k"))  # not OpenAI's, but vLLM-style clients send it
+    repetition_penalty: float | None = Field(None, **bounds_of("repetition_penalty"))
+    seed: int | None = Field(None, **bounds_of("seed"))
     stop: Stop | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
