@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from omnilm.config import load_recipe  # noqa: E402
 from omnilm.data.fixtures import draw_shape  # noqa: E402
 from omnilm.core.sample import PLACEHOLDER_IDS, Message, Sample  # noqa: E402
-from omnilm.generation import GenerationConfig, generate, prepare  # noqa: E402
+from omnilm.generation import generate, prepare  # noqa: E402
+from omnilm.generation_settings import GenerationSettings  # noqa: E402
 from omnilm.model.build import build_model  # noqa: E402
 
 LLAVA_IMAGE_TOKEN = 259  # one id past the byte tokenizer's 259: LLaVA needs an image token id in the vocabulary
@@ -110,7 +111,7 @@ def runners(omni, processor, llava, sample: Sample):
     pad = processor.tokenizer.pad_token_id
 
     def run_omni(n, streamer, use_cache=True):
-        config = GenerationConfig(max_new_tokens=n, ignore_eos=True, use_cache=use_cache)
+        config = GenerationSettings(max_new_tokens=n, ignore_eos=True, use_cache=use_cache)
         out = generate(omni, processor, [sample], config, streamer=streamer)
         return out[0].token_ids
 

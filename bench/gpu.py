@@ -311,7 +311,8 @@ def stage2(bench: Bench, quantization: str) -> dict:
 
 def section_generation(bench: Bench) -> dict:
     from omnilm.core.sample import Message, Sample
-    from omnilm.generation import GenerationConfig, generate
+    from omnilm.generation import generate
+    from omnilm.generation_settings import GenerationSettings
     from omnilm.model.build import build_model
 
     size, base = bench.size, bench.base()
@@ -321,8 +322,8 @@ def section_generation(bench: Bench) -> dict:
     ask = Sample([Message("user", "<image>\nWhat colour is the shape?")], images=[str(image)])
     result = {"new_tokens": size.new_tokens}
     for batch in size.generation_batches:
-        config = GenerationConfig(max_new_tokens=size.new_tokens, ignore_eos=True)
-        generate(model, processor, [ask] * batch, GenerationConfig(max_new_tokens=2, ignore_eos=True))  # warm-up
+        config = GenerationSettings(max_new_tokens=size.new_tokens, ignore_eos=True)
+        generate(model, processor, [ask] * batch, GenerationSettings(max_new_tokens=2, ignore_eos=True))  # warm-up
         _sync(bench)
         start = time.perf_counter()
         out = generate(model, processor, [ask] * batch, config)

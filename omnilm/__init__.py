@@ -2,7 +2,7 @@
 
 The public API, importable from here:
 
-    from omnilm import load_recipe, train, load_pretrained, Sample, Message, GenerationConfig, generate
+    from omnilm import load_recipe, train, load_pretrained, Sample, Message, GenerationSettings, generate
 
     result = train(load_recipe("configs/tiny-stage1.yaml"))        # a run folder
     model, processor = load_pretrained(result.run_dir)              # OmniLM.from_pretrained + OmniProcessor's
@@ -30,7 +30,7 @@ PUBLIC = {
     "train": "omnilm.training.loop",             # one stage of a recipe -> RunResult
     "Sample": "omnilm.core.sample",              # messages + images + audios
     "Message": "omnilm.core.sample",
-    "GenerationConfig": "omnilm.generation",
+    "GenerationSettings": "omnilm.generation_settings",  # sampling, stop strings, seed; bounded
     "generate": "omnilm.generation",             # batched, KV-cached generation
     "stream": "omnilm.generation",               # text pieces as they are generated
     "evaluate": "omnilm.eval.runner",            # VQA accuracy, BLEU/CIDEr or WER over samples

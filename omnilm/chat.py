@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from omnilm.audio.route import Transcription
-from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.core.sample import Message, Sample
+from omnilm.data.markers import with_markers
 from omnilm.errors import MediaError, OmniError
-from omnilm.generation import GenerationConfig, stream
+from omnilm.generation import stream
+from omnilm.generation_settings import GenerationSettings
 
 HELP = """commands:
   /image PATH   attach an image to your next message
@@ -23,7 +25,7 @@ HELP = """commands:
 
 
 class ChatSession:
-    def __init__(self, model, processor, config: GenerationConfig | None = None, system: str | None = None,
+    def __init__(self, model, processor, config: GenerationSettings | None = None, system: str | None = None,
                  on_transcript: Callable[[list[str]], object] | None = None,
                  transcription: Transcription | None = None):
         """`on_transcript` hears what Whisper made of each turn's audio (transcription route);
@@ -31,7 +33,7 @@ class ChatSession:
         self.model = model
         self.processor = processor
         self.transcription = transcription or Transcription.for_processor(processor)
-        self.config = config or GenerationConfig()
+        self.config = config or GenerationSettings()
         self.system = system
         self.on_transcript = on_transcript
         self.reset()
@@ -78,13 +80,6 @@ class ChatSession:
         self.messages += [user, Message("assistant", "".join(pieces).strip())]
         self.images += images
         self.audios += audios
-
-
-def with_markers(text: str, images: int, audios: int) -> str:
-    """`text` with a marker line put first for each image and audio it does not mark itself."""
-    missing_images = max(images - text.count(IMAGE_TOKEN), 0)
-    missing_audios = max(audios - text.count(AUDIO_TOKEN), 0)
-    return "\n".join([IMAGE_TOKEN] * missing_images + [AUDIO_TOKEN] * missing_audios + ([text] if text else []))
 
 
 def run_repl(session: ChatSession, lines: Iterable[str], write: Callable[[str], object]) -> None:

@@ -13,8 +13,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml
 
+from omnilm.config import CHOICES
 from omnilm.errors import ConfigError, OmniError, TrainingStopped
+from omnilm.eval.runner import ANSWER_PARTS, METRICS
 from omnilm.extras import install_hint, missing_optional
+from omnilm.generation_settings import GenerationSettings
 from omnilm.training.launched import exit_launched, is_launched
 
 
@@ -87,17 +90,21 @@ def cmd_quickstart(args) -> None:
                    seed=args.seed, compare_transcription=args.compare_transcription)
 
 
+def _limits(args):
+    from omnilm.serve.limits import MIB, Limits
+
+    return Limits(allow_remote_images=args.allow_remote_images, max_batch_size=args.max_batch_size,
+                  allow_private_image_hosts=args.allow_private_image_hosts,
+                  remote_timeout_s=args.remote_image_timeout,
+                  max_new_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
+                  max_body_bytes=args.max_body_mb * MIB, max_image_pixels=args.max_image_pixels,
+                  max_image_side=args.max_image_side, max_audio_seconds=args.max_audio_seconds)
+
+
 def _serve_state(args):
-    from omnilm.serve.limits import Limits
     from omnilm.serve.server import load_state
 
-    limits = Limits(allow_remote_images=args.allow_remote_images, max_batch_size=args.max_batch_size,
-                    allow_private_image_hosts=args.allow_private_image_hosts,
-                    remote_timeout_s=args.remote_image_timeout,
-                    max_new_tokens=args.max_tokens_limit, max_prompt_tokens=args.max_prompt_tokens,
-                    max_body_bytes=args.max_body_mb * 1024 * 1024, max_image_pixels=args.max_image_pixels,
-                    max_image_side=args.max_image_side, max_audio_seconds=args.max_audio_seconds)
-    return load_state(args.model, model_name=args.model_name, api_key=args.api_key, limits=limits,
+    return load_state(args.model, model_name=args.model_name, api_key=args.api_key, limits=_limits(args),
                       device=args.device, audio_route=args.audio_route, transcriber=args.transcriber,
                       transcriber_backend=args.transcriber_backend, allow_special_tokens=args.allow_special_tokens)
 
@@ -117,6 +124,9 @@ def cmd_app(args) -> None:
 def _add_serving_options(p, port: int) -> None:
     import os
 
+    from omnilm.serve.limits import MIB, Limits
+
+    limits = Limits()  # the defaults
     p.add_argument("--model", required=True, help="a trained run or export folder")
     p.add_argument("--model-name", help="name clients use in 'model' (default: the folder's name)")
     p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept connections from other machines")
@@ -128,25 +138,30 @@ def _add_serving_options(p, port: int) -> None:
                    help="let requests give http(s) image URLs that the server then fetches (public addresses only)")
     p.add_argument("--allow-private-image-hosts", action="store_true",
                    help="with --allow-remote-images: also fetch from loopback, private and link-local addresses")
-    p.add_argument("--remote-image-timeout", type=float, default=10.0,
+    p.add_argument("--remote-image-timeout", type=float, default=limits.remote_timeout_s,
                    help="seconds for a whole image fetch (connect, redirects, every byte)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="requests generated together in one batch")
-    p.add_argument("--max-tokens-limit", type=int, default=1024, help="largest max_tokens a request may ask for")
+    p.add_argument("--max-batch-size", type=int, default=limits.max_batch_size,
+                   help="requests generated together in one batch")
+    p.add_argument("--max-tokens-limit", type=int, default=limits.max_new_tokens,
+                   help="largest max_tokens a request may ask for")
     p.add_argument("--max-prompt-tokens", type=int, help="refuse longer prompts (default: the context decides)")
-    p.add_argument("--max-body-mb", type=int, default=20, help="largest request body, base64 media included")
-    p.add_argument("--max-image-pixels", type=int, default=16_000_000, help="refuse images with more pixels")
-    p.add_argument("--max-image-side", type=int, default=16_384, help="refuse images wider or taller than this")
-    p.add_argument("--max-audio-seconds", type=float, default=60.0, help="refuse longer audio")
+    p.add_argument("--max-body-mb", type=int, default=limits.max_body_bytes // MIB,
+                   help="largest request body, base64 media included")
+    p.add_argument("--max-image-pixels", type=int, default=limits.max_image_pixels,
+                   help="refuse images with more pixels")
+    p.add_argument("--max-image-side", type=int, default=limits.max_image_side,
+                   help="refuse images wider or taller than this")
+    p.add_argument("--max-audio-seconds", type=float, default=limits.max_audio_seconds, help="refuse longer audio")
     p.add_argument("--allow-special-tokens", action="store_true",
                    help="let special tokens typed in messages (<|endoftext|>) be control tokens, not text")
     _add_audio_route_options(p)
 
 
 def _add_audio_route_options(p) -> None:
-    p.add_argument("--audio-route", choices=["auto", "native", "transcribe"],
+    p.add_argument("--audio-route", choices=CHOICES["model.audio_route"],
                    help="how audio reaches the model (default: the model's recipe)")
     p.add_argument("--transcriber", help="Whisper for the transcription route: folder, hub id or zoo:whisper-tiny.en")
-    p.add_argument("--transcriber-backend", choices=["transformers", "ctranslate2"],
+    p.add_argument("--transcriber-backend", choices=CHOICES["model.transcriber.backend"],
                    help="default: ctranslate2 for zoo: models, else transformers")
 
 
@@ -181,10 +196,9 @@ def cmd_chat(args) -> None:
 
     from omnilm.chat import ChatSession, run_repl
     from omnilm.errors import MediaError
-    from omnilm.generation import GenerationConfig
     from omnilm.model.saved import load_pretrained
 
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+    config = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               top_k=args.top_k, repetition_penalty=args.repetition_penalty, stop=args.stop or [],
                               seed=args.seed).validate()  # before the (slow) model load
     missing = [p for p in (args.image or []) + (args.audio or []) if not Path(p).is_file()]
@@ -257,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="merge LoRA (dequantizing a 4-bit base) into a self-contained folder")
     p.add_argument("--model", required=True, help="run folder (or export folder)")
     p.add_argument("--out", required=True, help="folder to write")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="auto", choices=CHOICES["model.llm.dtype"])
+    # model/export.py FORMATS, restated: importing it loads torch (tests/test_cli_choices.py holds them equal)
     p.add_argument("--format", default="omnilm", choices=["omnilm", "llava"],
                    help="llava: a transformers LlavaForConditionalGeneration folder (vLLM, SGLang, TGI serve it)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hugging Face hub repo")
@@ -289,11 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", action="append", metavar="PATH", help="image for the (first) message; repeatable")
     p.add_argument("--audio", action="append", metavar="PATH", help="audio file for the (first) message; repeatable")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    settings = GenerationSettings()  # the defaults; their bounds are checked before the model loads
+    p.add_argument("--max-new-tokens", type=int, default=settings.max_new_tokens)
+    p.add_argument("--temperature", type=float, default=settings.temperature, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=settings.top_p)
+    p.add_argument("--top-k", type=int, default=settings.top_k, help="0 = off")
+    p.add_argument("--repetition-penalty", type=float, default=settings.repetition_penalty)
     p.add_argument("--stop", action="append", metavar="TEXT", help="end the answer before this text; repeatable")
     p.add_argument("--seed", type=int, help="make sampling reproducible")
     p.add_argument("--device", help="e.g. cuda, cuda:1, cpu (default: where the weights load)")
@@ -302,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="score a trained model on a data set (VQA accuracy, BLEU-4/CIDEr, WER)")
     p.add_argument("--model", required=True, help="a trained run or export folder")
     p.add_argument("--data", help="annotation / conversation / manifest file (easyvqa needs none)")
-    p.add_argument("--source", required=True, choices=["llava", "jsonl", "easyvqa", "asr", "coco"])
-    p.add_argument("--metric", choices=["vqa", "caption", "wer"], help="default: wer for asr, else vqa")
+    p.add_argument("--source", required=True, choices=CHOICES["data.source"])
+    p.add_argument("--metric", choices=METRICS, help="default: wer for asr, else vqa")
     p.add_argument("--image-dir", help="folder relative image paths start from (default: the data file's)")
     p.add_argument("--audio-dir", help="folder relative audio paths start from (default: the data file's)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
@@ -311,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="score only the first N samples")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, help="default: 8 (vqa), 48 (caption), 96 (wer)")
-    p.add_argument("--answer", choices=["reply", "last-line"], default="reply",
+    p.add_argument("--answer", choices=tuple(ANSWER_PARTS), default="reply",
                    help="the part of each reply scored: all of it, or its last line (a model that describes "
                         "the image, then answers)")
     p.add_argument("--final-line", dest="answer", action="store_const", const="last-line",

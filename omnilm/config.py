@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 
@@ -21,6 +21,19 @@ from omnilm.errors import ConfigError
 from omnilm.core.components import ENCODERS, encoder_spec
 
 SEED_LIMIT = 2**32  # numpy and torch generators both take seeds in [0, 2**32)
+
+# The names each string field accepts. The registries that own them sit in higher layers
+# (data.sources.SOURCES, data.chat.TEMPLATES, training.stages.STAGES, model.projector.PROJECTORS,
+# audio.transcribe.BACKENDS); tests/test_config.py checks that each registry's names equal these.
+Stage = Literal["align", "audio-align", "instruct", "projectors", "finetune"]
+Source = Literal["coco", "llava", "jsonl", "asr", "hf", "easyvqa"]
+Template = Literal["caption", "plain", "phi", "chat"]
+ProjectorType = Literal["resblock", "mlp2x_gelu", "mlp", "linear"]
+TranscriberBackend = Literal["transformers", "ctranslate2"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # auto: bf16 on GPU, fp32 on CPU
+Quantization = Literal["none", "nf4"]  # nf4: a QLoRA base
+AudioRoute = Literal["auto", "native", "transcribe"]
+MixedPrecision = Literal["auto", "no", "bf16", "fp16"]  # auto: bf16 on GPU, no on CPU
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,7 @@ def bounded(default=None, *, factory=None, **bounds):
 
 @dataclass
 class ProjectorConfig:
-    type: str = "resblock"  # registry name: resblock | mlp2x_gelu | linear | mlp
+    type: ProjectorType = "resblock"
     hidden_size: Optional[int] = bounded(None, ge=1)  # inner width for mlp types; default = LLM width
     tokens_per_feature: int = bounded(1, ge=1)  # LLM tokens made from each encoder feature vector
 
@@ -89,15 +102,15 @@ class LLMConfig:
     name_or_path: str = "microsoft/phi-2"
     random_config: Optional[dict] = None  # build a random LLM from this config (tests, benchmarks)
     tokenizer: Optional[str] = None  # default: name_or_path; "bytes" = built-in byte tokenizer
-    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
-    quantization: str = "none"  # none | nf4 (QLoRA base)
+    dtype: Dtype = "auto"
+    quantization: Quantization = "none"
     lora: Optional[LoraConfig] = None
     gguf_file: Optional[str] = None
 
 
 @dataclass
 class TranscriberConfig:
-    backend: str = "transformers"  # transformers | ctranslate2
+    backend: TranscriberBackend = "transformers"
     name_or_path: str = "openai/whisper-small"  # hub id or folder; "zoo:whisper-tiny.en" = offline copy
     language: Optional[str] = None
 
@@ -119,7 +132,7 @@ class ModelConfig:
     audio: Optional[EncoderConfig] = None
     # native: audio encoder features in the prompt; transcribe: Whisper text in the prompt;
     # auto: native when model.audio is set, else transcribe when a transcriber is set.
-    audio_route: str = "auto"
+    audio_route: AudioRoute = "auto"
     transcriber: Optional[TranscriberConfig] = None
     # a run or export folder whose trained weights seed this model, or a transformers LLaVA folder
     # or hub id whose LLM, vision tower and projector become this model's (then leave model.image out)
@@ -129,7 +142,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "coco"  # registry name, see omnilm.data.sources.SOURCES
+    source: Source = "coco"
     path: Optional[str] = None  # annotation / conversation / manifest file; hf: hub id, file, folder or glob
     name: Optional[str] = None  # hf: the data set's configuration (subset)
     split: str = "train"  # hf: which split
@@ -137,7 +150,7 @@ class DataConfig:
     columns: dict = field(default_factory=dict)  # hf: role -> column, e.g. {messages: chat, images: pics}
     image_dir: Optional[str] = None
     audio_dir: Optional[str] = None
-    template: str = "caption"  # prompt template, see omnilm.data.chat.TEMPLATES
+    template: Template = "caption"  # how messages become the prompt
     prompt: str = ""  # extra user text for single-turn templates (e.g. "Describe the image.")
     system: Optional[str] = None
     # Each user turn's media markers first (images, then audio), then its text, as LLaVA lays out
@@ -158,7 +171,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    stage: str = "align"  # align | instruct | audio-align | joint | see omnilm.training.stages
+    stage: Stage = "align"  # which components train
     output_dir: str = "runs/omnilm"
     batch_size: int = bounded(8, ge=1)
     grad_accum: int = bounded(1, ge=1)
@@ -169,7 +182,7 @@ class TrainConfig:
     max_steps: int = bounded(1000, ge=1)
     epochs: Optional[int] = bounded(None, ge=1)  # if set, max_steps = epochs * steps per epoch
     max_grad_norm: float = bounded(1.0, ge=0)  # 0 = no clipping
-    mixed_precision: str = "auto"  # auto (bf16 on GPU, no on CPU) | no | bf16 | fp16
+    mixed_precision: MixedPrecision = "auto"
     seed: int = bounded(0, ge=0, lt=SEED_LIMIT)
     log_every: int = bounded(10, ge=1)
     save_every: int = bounded(500, ge=1)
@@ -218,6 +231,8 @@ def _coerce(hint, value, path: str):
         raise ConfigError(f"{path}: must not be empty")
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, path)
+    if typing.get_origin(hint) is Literal:
+        return _choice(value, typing.get_args(hint), path)
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
         return [_coerce(item, v, f"{path}[{i}]") for i, v in enumerate(_coerce(list, value, path))]
@@ -298,20 +313,34 @@ def save_recipe(recipe: Recipe, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
 
-CHOICES = {
-    "model.llm.dtype": ("auto", "float32", "bfloat16", "float16"),
-    "model.llm.quantization": ("none", "nf4"),
-    "model.audio_route": ("auto", "native", "transcribe"),
-    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
-}
+def _choice(value, allowed: tuple[str, ...], path: str) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def _choices_of(cls, path: str = "") -> dict[str, tuple[str, ...]]:
+    """Dotted key -> the names it accepts, for every Literal field under dataclass `cls`."""
+    found = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        inner = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+        if typing.get_origin(inner) is Literal:
+            found[_join(path, name)] = typing.get_args(inner)
+        elif dataclasses.is_dataclass(inner):
+            found.update(_choices_of(inner, _join(path, name)))
+    return found
+
+
+CHOICES = _choices_of(Recipe)  # e.g. {"train.stage": ("align", ...), "model.image.projector.type": (...)}
 
 
 def validate(recipe: Recipe) -> None:
-    """Value checks that types alone cannot express."""
+    """Value checks that types alone cannot express (and the choices again, for recipes changed in code)."""
     for dotted, allowed in CHOICES.items():
         value = _get(recipe, dotted)
-        if value not in allowed:
-            raise ConfigError(f"{dotted}: {value!r} is not one of {', '.join(allowed)}")
+        if value is not None:
+            _choice(value, allowed, dotted)
     check_bounds(recipe)
     if recipe.model.llm.quantization == "nf4" and recipe.model.llm.lora is None:
         raise ConfigError("model.llm.quantization=nf4 needs model.llm.lora (a 4-bit base cannot train)")
@@ -396,5 +425,5 @@ def _check_number(value, where: str, bounds: Bounds | None, kind: str = "a finit
 
 def _get(obj, dotted: str):
     for part in dotted.split("."):
-        obj = getattr(obj, part)
+        obj = getattr(obj, part) if obj is not None else None
     return obj

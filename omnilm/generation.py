@@ -14,7 +14,7 @@ import contextlib
 import queue
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
@@ -23,44 +23,13 @@ from transformers.generation import (LogitsProcessorList, RepetitionPenaltyLogit
                                      TopPLogitsWarper)
 
 from omnilm.data.collate import Batch, collate
-from omnilm.data.encoded import Encoded
 from omnilm.core.sample import Sample
-from omnilm.errors import ConfigError
+from omnilm.data.encoded import Encoded
+from omnilm.generation_settings import GenerationSettings
 
 # The prompt reaches the LLM as embeddings, so transformers can only penalise generated tokens;
-# GenerationConfig.repetition_penalty documents that, the warning would repeat it on every call.
+# GenerationSettings.repetition_penalty documents that, the warning would repeat it on every call.
 warnings.filterwarnings("ignore", message="Passing `repetition_penalty` with `inputs_embeds`")
-
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 128
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0  # 1 = off
-    top_k: int = 0  # 0 = off
-    repetition_penalty: float = 1.0  # 1 = off; applies to generated tokens (the prompt is embeddings)
-    stop: list[str] = field(default_factory=list)  # text ends before the first of these
-    seed: int | None = None  # makes sampling reproducible; one seed drives all rows of a batch
-    use_cache: bool = True  # False: recompute everything each token (slow reference path)
-    ignore_eos: bool = False  # always produce max_new_tokens (benchmarks)
-
-    def validate(self) -> "GenerationConfig":
-        checks = [
-            (self.max_new_tokens >= 1, f"max_new_tokens must be at least 1, got {self.max_new_tokens}"),
-            (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}"),
-            (self.top_k >= 0, f"top_k must be >= 0 (0 = off), got {self.top_k}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be > 0, got {self.repetition_penalty}"),
-            (all(isinstance(s, str) and s for s in self.stop), f"stop strings must be non-empty, got {self.stop!r}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        return self
-
-    @property
-    def do_sample(self) -> bool:
-        return self.temperature > 0
 
 
 @dataclass
@@ -72,7 +41,7 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) | "length" (max_new_tokens reached)
 
 
-def generate(model, processor, prompts: Sequence[Sample | Encoded], config: GenerationConfig | None = None, *,
+def generate(model, processor, prompts: Sequence[Sample | Encoded], config: GenerationSettings | None = None, *,
              readers: Sequence | None = None, streamer=None) -> list[Completion]:
     """One Completion per prompt, in order. A prompt is a Sample (encoded here) or an Encoded one
     (`processor.encode_prompt`: the server encodes each request once, to check it, and hands that
@@ -85,7 +54,7 @@ def generate(model, processor, prompts: Sequence[Sample | Encoded], config: Gene
     (GenerationCancelled). `streamer` (optional) receives token ids by transformers' BaseStreamer
     protocol (benchmarks time the first token with it).
     """
-    config = (config or GenerationConfig()).validate()
+    config = (config or GenerationSettings()).validate()
     if not prompts:
         return []
     batch, lengths = prepare(model, processor, prompts)
@@ -100,7 +69,7 @@ def generate(model, processor, prompts: Sequence[Sample | Encoded], config: Gene
     return [replies.complete(i, row, n) for i, (row, n) in enumerate(zip(ids.tolist(), lengths))]
 
 
-def stream(model, processor, prompt: Sample | Encoded, config: GenerationConfig | None = None) -> Iterator[str]:
+def stream(model, processor, prompt: Sample | Encoded, config: GenerationSettings | None = None) -> Iterator[str]:
     """Text pieces as the model produces them; their concatenation equals generate()'s text.
 
     Why a thread around the LLM's own `generate` rather than a hand-written decode loop: the
@@ -108,7 +77,7 @@ def stream(model, processor, prompt: Sample | Encoded, config: GenerationConfig 
     for any LLM. The pieces are what generate() hands its readers, as for the server. Closing
     the iterator early stops the generation at its next step.
     """
-    config = (config or GenerationConfig()).validate()
+    config = (config or GenerationSettings()).validate()
     reader = _Pieces()
     failure: list[BaseException] = []
 
@@ -147,23 +116,20 @@ def eos_ids(model, tokenizer) -> set[int]:
     return {int(i) for i in ids if i is not None}
 
 
-def _generate_ids(model, batch: Batch, config: GenerationConfig, tokenizer, stopping: list, streamer) -> torch.Tensor:
+def _generate_ids(model, batch: Batch, config: GenerationSettings, tokenizer, stopping: list, streamer) -> torch.Tensor:
     eos = None if config.ignore_eos else sorted(eos_ids(model, tokenizer))
     pad = tokenizer.pad_token_id
     if not config.use_cache:
         return _recompute_loop(model, batch, config, eos or [], pad, stopping, streamer)
-    sampling = dict(do_sample=True, temperature=config.temperature, top_p=config.top_p, top_k=config.top_k) \
-        if config.do_sample else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
     return model.generate(
         batch.input_ids, batch.attention_mask, batch.media, batch.features,
-        max_new_tokens=config.max_new_tokens, repetition_penalty=config.repetition_penalty,
         eos_token_id=eos, pad_token_id=pad, use_cache=True, streamer=streamer,
-        stopping_criteria=StoppingCriteriaList(stopping), **sampling,
+        stopping_criteria=StoppingCriteriaList(stopping), **config.transformers_kwargs(),
     )  # [B, N]: with inputs_embeds only, the LLM returns just the new tokens
 
 
 @torch.no_grad()
-def _recompute_loop(model, batch: Batch, config: GenerationConfig, eos: list[int], pad: int,
+def _recompute_loop(model, batch: Batch, config: GenerationSettings, eos: list[int], pad: int,
                     stopping: list, streamer) -> torch.Tensor:
     """The seed's decoding: every step runs the whole sequence again (no KV cache).
 
@@ -207,7 +173,7 @@ def _recompute_loop(model, batch: Batch, config: GenerationConfig, eos: list[int
     return generated
 
 
-def _logits_processors(config: GenerationConfig) -> LogitsProcessorList:
+def _logits_processors(config: GenerationSettings) -> LogitsProcessorList:
     processors = LogitsProcessorList()
     if config.repetition_penalty != 1.0:
         processors.append(RepetitionPenaltyLogitsProcessor(config.repetition_penalty))

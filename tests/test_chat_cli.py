@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from omnilm.audio.route import Transcription
-from omnilm.chat import ChatSession, run_repl, with_markers
+from omnilm.chat import ChatSession, run_repl
 from omnilm.cli import main
 from omnilm.core.sample import Message, Sample
-from omnilm.generation import GenerationConfig, generate
+from omnilm.data.markers import with_markers
+from omnilm.generation import generate
+from omnilm.generation_settings import GenerationSettings
 from omnilm.model.saved import load_pretrained
 from omnilm.training.loop import train
 from tests.conftest import tiny_recipe
@@ -44,7 +46,7 @@ def test_one_shot_streams_the_answer_to_stdout(run, model, processor, capsys):
     assert code == 0
     out = capsys.readouterr().out
     sample = Sample([Message("user", "<image>\nWhat is in the picture?")], images=[str(image)])
-    expected = generate(model, processor, [sample], GenerationConfig(max_new_tokens=12))[0].text
+    expected = generate(model, processor, [sample], GenerationSettings(max_new_tokens=12))[0].text
     assert out == expected + "\n"
 
 
@@ -88,7 +90,7 @@ def test_chat_lays_out_media_as_the_server_does():
 
 def test_repl_keeps_history_and_media(model, processor, run):
     _, image = run
-    session = ChatSession(model, processor, GenerationConfig(max_new_tokens=8))
+    session = ChatSession(model, processor, GenerationSettings(max_new_tokens=8))
     out: list[str] = []
     run_repl(session, ["/image " + str(image), "What colour is it?", "", "And the shape?", "/quit", "never read"],
              out.append)
@@ -110,14 +112,14 @@ def test_repl_keeps_history_and_media(model, processor, run):
 
 def test_repl_sends_media_alone_on_an_empty_line(model, processor, run):
     _, image = run
-    session = ChatSession(model, processor, GenerationConfig(max_new_tokens=4))
+    session = ChatSession(model, processor, GenerationSettings(max_new_tokens=4))
     run_repl(session, ["", "/image " + str(image), ""], [].append)
     assert [m.content for m in session.messages if m.role == "user"] == ["<image>"]
     assert session.images == [str(image)]
 
 
 def test_repl_reset_unknown_command_and_errors(model, processor, tmp_path):
-    session = ChatSession(model, processor, GenerationConfig(max_new_tokens=4))
+    session = ChatSession(model, processor, GenerationSettings(max_new_tokens=4))
     out: list[str] = []
     run_repl(session, ["hi", "/reset", "/image", "/image " + str(tmp_path / "missing.png"), "/frobnicate",
                        "/audio " + str(tmp_path / "x.wav"), "/help", "again"], out.append)
@@ -134,7 +136,7 @@ def test_repl_reset_unknown_command_and_errors(model, processor, tmp_path):
 def test_repl_turn_error_keeps_history(model, processor, tmp_path):
     wav = tmp_path / "x.wav"
     wav.write_bytes(b"RIFF")
-    session = ChatSession(model, processor, GenerationConfig(max_new_tokens=4))
+    session = ChatSession(model, processor, GenerationSettings(max_new_tokens=4))
     out: list[str] = []
     run_repl(session, ["/audio " + str(wav), "listen", "plain text"], out.append)
     assert "error:" in "".join(out) and "audio" in "".join(out)
@@ -158,7 +160,7 @@ def test_one_shot_transcription_route_from_the_command_line(run, tmp_path, capsy
     sample = Sample([Message("user", "<image>\nQuestion: <audio>\nAnswer:")], images=[str(image)], audios=[str(wav)])
     heard_sample, (heard,) = Transcription.for_processor(voiced_processor)(sample)
     assert "colo" in heard.lower() and "shape" in heard.lower()
-    expected = generate(voiced, voiced_processor, [heard_sample], GenerationConfig(max_new_tokens=8))[0].text
+    expected = generate(voiced, voiced_processor, [heard_sample], GenerationSettings(max_new_tokens=8))[0].text
     printed = capsys.readouterr()
     assert printed.out == expected + "\n"
     assert f"(heard: {heard})" in printed.err  # what Whisper heard, beside the answer

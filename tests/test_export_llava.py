@@ -447,3 +447,14 @@ def test_smollm2s_real_tokenizer_gives_the_same_ids_and_answer_both_ways(smollm2
     (ids, tokens), (llava_ids, llava_tokens) = chat_outputs_of_both(*smollm2_export, question, system)
     assert llava_ids == ids
     assert llava_tokens == tokens
+
+
+def test_exporting_over_an_export_replaces_it_whole(tmp_path):
+    run = tiny_run(tmp_path / "run", projector="resblock")
+    model, processor = load_pretrained(run)
+    export(model, processor, tmp_path / "mine")
+    (tmp_path / "mine" / "left-from-before.txt").write_text("old")
+    export(model, processor, tmp_path / "mine")
+    assert not (tmp_path / "mine" / "left-from-before.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "run"]  # no .tmp or .old beside it
+    assert load_pretrained(tmp_path / "mine")[0] is not None

@@ -9,12 +9,12 @@ import pytest
 
 from omnilm.config import load_recipe
 from omnilm.data.fixtures import draw_shape
-from omnilm.model.processing import OmniProcessor
 from omnilm.core.sample import Message, Sample
-from omnilm.generation import GenerationConfig, generate
+from omnilm.generation import generate
+from omnilm.generation_settings import GenerationSettings
 from omnilm.model.build import build_model
-from omnilm.model.saved import load_pretrained
-from omnilm.model.saved import write_model_folder
+from omnilm.model.processing import OmniProcessor
+from omnilm.model.saved import load_pretrained, write_model_folder
 from omnilm.model.omni import OmniLM
 from omnilm.serve.engine import Engine
 
@@ -72,7 +72,7 @@ def test_export_saves_both_and_load_returns_both(built, tmp_path):
     assert isinstance(loaded_model, OmniLM) and not hasattr(loaded_model, "processor")
     ids = processor.encode_prompt(prompt).input_ids.tolist()
     assert loaded_processor.encode_prompt(prompt).input_ids.tolist() == ids
-    config = GenerationConfig(max_new_tokens=6)
+    config = GenerationSettings(max_new_tokens=6)
     again = generate(loaded_model, loaded_processor, [prompt], config)[0]
     assert again.token_ids == generate(model, processor, [prompt], config)[0].token_ids
 
@@ -95,7 +95,7 @@ def preprocessed(built, monkeypatch):
 def test_generate_takes_an_encoded_batch_without_encoding_again(built, preprocessed):
     model, processor = built
     prompts = [ask("What is this?", draw_shape("red", "circle")), ask("Hi")]
-    config = GenerationConfig(max_new_tokens=8)
+    config = GenerationSettings(max_new_tokens=8)
     encoded = [processor.encode_prompt(p) for p in prompts]
     assert len(preprocessed) == 1
     from_encoded = generate(model, processor, encoded, config)
@@ -108,9 +108,9 @@ def test_the_server_encodes_each_request_once(built, preprocessed):
     model, processor = built
     engine = Engine(model, processor).start()
     try:
-        done = engine.submit(ask("What is this?", draw_shape("blue", "square")), GenerationConfig(max_new_tokens=4))
+        done = engine.submit(ask("What is this?", draw_shape("blue", "square")), GenerationSettings(max_new_tokens=4))
         completion = done.result(timeout=60)
-        handle = engine.stream(ask("And this?", draw_shape("red", "circle")), GenerationConfig(max_new_tokens=4))
+        handle = engine.stream(ask("And this?", draw_shape("red", "circle")), GenerationSettings(max_new_tokens=4))
         handle.start_sync()
         list(handle)
     finally:

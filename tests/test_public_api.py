@@ -24,7 +24,7 @@ def test_importing_omnilm_stays_light():
 def test_the_readme_python_example_runs(tmp_path):
     import torch
 
-    from omnilm import GenerationConfig, Message, OmniLM, OmniProcessor, Sample, build_model, generate, load_recipe, stream
+    from omnilm import GenerationSettings, Message, OmniLM, OmniProcessor, Sample, build_model, generate, load_recipe, stream
     from omnilm.data.fixtures import draw_shape
     from omnilm.model.saved import write_model_folder
 
@@ -35,5 +35,5 @@ def test_the_readme_python_example_runs(tmp_path):
     image = tmp_path / "shape.png"
     draw_shape("red", "circle").save(image)
     question = Sample([Message("user", "<image>\nWhat colour is the shape?")], images=[str(image)])
-    answer = generate(model, processor, [question], GenerationConfig(max_new_tokens=8))[0].text
-    assert answer == "".join(stream(model, processor, question, GenerationConfig(max_new_tokens=8)))
+    answer = generate(model, processor, [question], GenerationSettings(max_new_tokens=8))[0].text
+    assert answer == "".join(stream(model, processor, question, GenerationSettings(max_new_tokens=8)))

@@ -90,7 +90,7 @@ def test_text_without_special_tokens_encodes_as_before(tok):
 
 
 def test_media_first_moves_markers_to_the_start_of_the_turn():
-    from omnilm.data.chat import media_first
+    from omnilm.data.markers import media_first
 
     assert media_first("is there a red shape?\n<image>") == "<image>\nis there a red shape?"
     assert media_first("<image>\nis there a red shape?") == "<image>\nis there a red shape?"

@@ -11,8 +11,9 @@ from transformers import PreTrainedModel
 
 from omnilm.cli import main
 from omnilm.errors import OmniError
+from omnilm.files import DiskFull, atomic_folder
+from omnilm.model.checkpoint import checkpoint_dirs
 from omnilm.model.saved import load_pretrained
-from omnilm.model.checkpoint import DiskFull, atomic_folder, checkpoint_dirs
 from omnilm.training.loop import train
 from tests.conftest import CONFIGS, tiny_recipe
 

@@ -243,7 +243,7 @@ def test_transcription_route_puts_what_was_said_in_the_prompt(tmp_path):
     from omnilm.config import TranscriberConfig
     from omnilm.core.sample import Message, Sample
     from omnilm.data.speech import TRAIN_VOICE, synthesize
-    from omnilm.generation import GenerationConfig
+    from omnilm.generation_settings import GenerationSettings
 
     wav = synthesize(["What colour is the shape?"], TRAIN_VOICE, tmp_path / "speech", progress=False)[0]
     whisper = TranscriberConfig(backend="ctranslate2", name_or_path="zoo:whisper-tiny.en")
@@ -251,7 +251,7 @@ def test_transcription_route_puts_what_was_said_in_the_prompt(tmp_path):
                                        transcriber=whisper)
     engine = Engine(model, processor).start()
     try:
-        handle = engine.stream(Sample([Message("user", "<audio>")], audios=[wav]), GenerationConfig(max_new_tokens=2))
+        handle = engine.stream(Sample([Message("user", "<audio>")], audios=[wav]), GenerationSettings(max_new_tokens=2))
         heard = handle.start_sync().transcripts[0]
         list(handle)
         assert "shape" in heard.lower(), heard

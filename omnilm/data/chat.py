@@ -19,26 +19,8 @@ from functools import lru_cache
 from transformers.utils.chat_template_utils import mark_control_tokens
 
 from omnilm.core.sample import IGNORE, MEDIA_TOKENS, PLACEHOLDER_IDS, Message
+from omnilm.data.markers import MARKER, MODALITY_OF
 from omnilm.errors import ConfigError, DataError
-
-MARKER = re.compile("(" + "|".join(re.escape(t) for t in MEDIA_TOKENS.values()) + ")")
-MODALITY_OF = {token: modality for modality, token in MEDIA_TOKENS.items()}
-
-
-def media_first(text: str) -> str:
-    """"is there a red shape?\n<image>" -> "<image>\nis there a red shape?": every marker on a line
-    of its own at the start, images before audio, each modality in its own order; then the text
-    with its lines kept (a line that held only markers goes; "a <image> b" leaves "a b")."""
-    markers = [token for token in MEDIA_TOKENS.values() for _ in range(text.count(token))]
-    kept = []
-    for line in text.split("\n"):
-        if MARKER.search(line):
-            line = " ".join(MARKER.sub(" ", line).split())
-            if not line:
-                continue
-        kept.append(line)
-    rest = "\n".join(kept).strip()
-    return "\n".join(markers + ([rest] if rest else []))
 
 
 @dataclass

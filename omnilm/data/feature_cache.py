@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from tqdm import tqdm
 
 from omnilm.data.rows import LOGGED_SKIPS
 from omnilm.errors import ConfigError, DataError, OmniError
+from omnilm.files import atomic_folder, recover
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +36,7 @@ class FeatureCache:
     @classmethod
     def open(cls, folder, expected_meta: dict | None = None) -> "FeatureCache":
         folder = Path(folder)
+        recover(folder)  # a rebuild killed while swapping the new cache in
         if not (folder / "meta.json").is_file():
             raise OmniError(f"{folder} is not a feature cache; create it with `omnilm cache-features`")
         meta = json.loads((folder / "meta.json").read_text())
@@ -66,9 +66,13 @@ def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, p
     folder = Path(folder)
     by_key = {media_key(i): i for i in items}
     keys = list(by_key)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with atomic_folder(folder) as tmp:
+        _write_cache(encoder, by_key, keys, tmp, encoder_meta, prepare, batch_size, skip_bad, progress)
+    return FeatureCache.open(folder)
+
+
+def _write_cache(encoder, by_key: dict, keys: list[str], tmp: Path, encoder_meta: dict, prepare, batch_size: int,
+                 skip_bad: bool, progress: bool) -> None:
     device = next(encoder.parameters()).device
     probe = _probe(encoder, by_key, prepare, device, skip_bad)  # [T, D]
     out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
@@ -103,10 +107,6 @@ def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, p
     (tmp / "index.json").write_text(json.dumps(index))
     (tmp / "meta.json").write_text(json.dumps({"encoder": encoder_meta, "count": len(index), "skipped": skipped,
                                                "shape": list(probe.shape)}, indent=2))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
-    return FeatureCache.open(folder)
 
 
 def _probe(encoder, by_key: dict, prepare, device, skip_bad: bool) -> torch.Tensor:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +19,7 @@ from typing import Sequence
 from tqdm import tqdm
 
 from omnilm.errors import DataError, MediaError, MissingDependency
+from omnilm.files import atomic_file
 
 ESPEAK = "espeak-ng"
 INSTALL = "apt-get update && apt-get install -y espeak-ng"
@@ -95,22 +94,16 @@ def _synthesize_one(espeak: str, text: str, voice: str, rate: int | None, path: 
     cmd = [espeak, "-v", voice, "--stdin"]
     if rate is not None:
         cmd += ["-s", str(rate)]
-    # Write to a temporary name and rename, so an interrupted run never leaves a truncated
-    # file that a later run would take for a cached one.
-    fd, tmp = tempfile.mkstemp(suffix=".wav.part", dir=path.parent)
-    os.close(fd)
-    try:
+    # Written under a temporary name, so an interrupted run never leaves a truncated file that a
+    # later run would take for a cached one.
+    with atomic_file(path) as tmp:
         # Text goes through stdin so one starting with "-" is not read as an option.
-        result = subprocess.run(cmd + ["-w", tmp], input=text, capture_output=True, text=True)
-        if result.returncode != 0 or os.path.getsize(tmp) <= 44:  # 44 bytes = wav header only
+        result = subprocess.run(cmd + ["-w", str(tmp)], input=text, capture_output=True, text=True)
+        if result.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:  # 44 bytes = wav header only
             raise MediaError(
                 f"{ESPEAK} failed (exit {result.returncode}) for voice {voice!r} on text {text!r}: "
                 f"{result.stderr.strip() or 'no audio written'}"
             )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def synthesize(

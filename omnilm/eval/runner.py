@@ -59,9 +59,10 @@ def generate_texts(model, processor, prompts: list[Sample], max_new_tokens: int,
                    progress: bool = True, desc: str = "evaluating") -> list[str]:
     """Greedy answers for each prompt, in order, in batches (with a progress bar)."""
     from omnilm.audio.route import Transcription
-    from omnilm.generation import GenerationConfig, generate
+    from omnilm.generation import generate
+    from omnilm.generation_settings import GenerationSettings
 
-    config = GenerationConfig(max_new_tokens=max_new_tokens)
+    config = GenerationSettings(max_new_tokens=max_new_tokens)
     transcription = Transcription.for_processor(processor)  # the transcription route's text, before the processor
     texts: list[str] = []
     with tqdm(total=len(prompts), desc=desc, unit="q", disable=not progress, dynamic_ncols=True) as bar:

@@ -23,7 +23,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from omnilm.config import EncoderConfig, LLMConfig, ProjectorConfig, Recipe
 from omnilm.errors import ConfigError, OmniError
 from omnilm.extras import require
-from omnilm.model.checkpoint import atomic_folder, load_trained_weights, nbytes
+from omnilm.files import atomic_folder
+from omnilm.model.checkpoint import load_trained_weights, nbytes
 from omnilm.model.checks import check_against_model, check_llava_start
 from omnilm.core.components import ENCODERS
 from omnilm.model.configuration import omni_config

@@ -3,28 +3,19 @@ atomically so an interrupted write never leaves a half file or folder behind, an
 is one clear error that leaves the last complete checkpoint as it was."""
 from __future__ import annotations
 
-import errno
-import os
 import re
-import shutil
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from tqdm import tqdm
 
 from omnilm.errors import OmniError
+from omnilm.files import atomic_file, clean_folder
 
 WEIGHTS = "weights.safetensors"
 CHECKPOINTS = "checkpoints"
-TMP = ".tmp"  # suffix of a file or folder still being written
 CHECKPOINT_NAME = re.compile(r"step-(\d+)")
-
-
-class DiskFull(OmniError):
-    """The disk filled up while saving; nothing half-written is left."""
 
 
 def is_trained(model, name: str, param) -> bool:
@@ -49,70 +40,16 @@ def nbytes(obj) -> int:
     return 0
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-@contextmanager
-def _cleaned_on_failure(tmp: Path, target: Path, needed: int):
-    """Any failure removes the partial `tmp`; one caused by a full disk becomes DiskFull."""
-    try:
-        yield
-    except BaseException as err:
-        _remove(tmp)
-        # torch.save reports a full disk as a bare RuntimeError, so the free space decides too.
-        if isinstance(err, Exception) and (is_disk_full(err) or shutil.disk_usage(target.parent).free < needed):
-            raise disk_full(target, needed) from None
-        raise
-
-
-def is_disk_full(err: BaseException) -> bool:
-    return getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
-
-
-def disk_full(target: Path, needed: int | None = None) -> DiskFull:
-    """The one-line error: what was being written, how much it needs, how much is free."""
-    free = shutil.disk_usage(next(p for p in (target, *target.parents) if p.exists())).free
-    need = f"it needs about {_size(needed)}, " if needed else ""
-    return DiskFull(f"disk full while writing {target}: {need}{_size(free)} free on that disk; "
-                    "free some space and run again")
-
-
-def _size(num_bytes: int) -> str:
-    return tqdm.format_sizeof(num_bytes, "B")  # 148kB, 2.00MB, 12.3GB
-
-
 def atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(path.name + TMP)
-    with _cleaned_on_failure(tmp, path, nbytes(tensors)):
+    with atomic_file(path, nbytes(tensors)) as tmp:
         save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-
-
-@contextmanager
-def atomic_folder(target: Path, needed: int):
-    """Yield a temporary folder that becomes `target` only once everything in it is written.
-
-    A kill leaves at most `target` + TMP, which the next write (or `remove_stale_temps`)
-    removes; `needed` (bytes) sizes the message if the disk fills up."""
-    target = Path(target)
-    tmp = target.with_name(target.name + TMP)
-    _remove(tmp)
-    tmp.mkdir(parents=True)
-    with _cleaned_on_failure(tmp, target, needed):
-        yield tmp
-    os.replace(tmp, target)
 
 
 def remove_stale_temps(run_dir: Path) -> None:
     """What a killed run was still writing: checkpoint, base model or weights temporaries."""
     run_dir = Path(run_dir)
     for folder in (run_dir, run_dir / CHECKPOINTS, run_dir / "base"):
-        for stale in folder.glob(f"*{TMP}") if folder.is_dir() else ():
-            _remove(stale)
+        clean_folder(folder)
 
 
 def save_trained_weights(model, folder: Path) -> Path:

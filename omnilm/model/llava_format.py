@@ -243,7 +243,8 @@ def export_llava(model, processor, out, dtype: torch.dtype | None = None, card=N
     from huggingface_hub import save_torch_state_dict
     from transformers import GenerationConfig, LlavaProcessor
 
-    from omnilm.model.checkpoint import atomic_folder, nbytes
+    from omnilm.files import atomic_folder
+    from omnilm.model.checkpoint import nbytes
 
     encoder = model.encoders["image"] if "image" in model.encoders else None
     choice = vision_choice(model.recipe, encoder)

@@ -87,7 +87,8 @@ def llava_parts(source: str, config, base_dir: Path) -> dict:
 def _write_parts(source: str, config, base_dir: Path) -> None:
     from transformers import AutoImageProcessor, AutoModelForCausalLM, AutoTokenizer, LlavaForConditionalGeneration
 
-    from omnilm.model.checkpoint import WEIGHTS, atomic_folder, atomic_save, nbytes
+    from omnilm.files import atomic_folder
+    from omnilm.model.checkpoint import WEIGHTS, atomic_save, nbytes
 
     try:
         llava = LlavaForConditionalGeneration.from_pretrained(source, dtype="auto")

@@ -17,9 +17,10 @@ from transformers.processing_utils import ProcessorMixin
 from omnilm.core.components import ENCODERS, llm_tokens
 from omnilm.core.sample import IGNORE, Message, Sample, check_messages
 from omnilm.data.audio import load_sample_audio
-from omnilm.data.chat import get_template, media_first, render
+from omnilm.data.chat import get_template, render
 from omnilm.data.encoded import Encoded
 from omnilm.data.images import load_image
+from omnilm.data.markers import media_first
 from omnilm.errors import DataError, MediaError
 from omnilm.model.audio_features import encoder_frames, real_length_log_mel
 from omnilm.model.configuration import OmniConfig

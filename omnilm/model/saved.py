@@ -20,7 +20,8 @@ import torch
 
 from omnilm.config import load_recipe, save_recipe
 from omnilm.errors import OmniError
-from omnilm.model.checkpoint import TMP, atomic_folder, nbytes
+from omnilm.files import atomic_folder, temp_path
+from omnilm.model.checkpoint import nbytes
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
@@ -71,7 +72,7 @@ def write_run_model(run_dir) -> Path:
     a folder with config.json has all of them."""
     run_dir = Path(run_dir)
     model, processor = load_run(run_dir)
-    tmp = run_dir / f"model{TMP}"
+    tmp = temp_path(run_dir / "model")  # a kill leaves it for the next run's clean-up
     with atomic_folder(tmp, nbytes(model.state_dict())) as staging:
         save_model_files(model, processor, staging)
     (run_dir / CONFIG_FILE).unlink(missing_ok=True)  # the old marker goes first, the new comes last

@@ -27,7 +27,8 @@ from omnilm.data.encoded import Encoded
 from omnilm.audio.route import Transcription
 from omnilm.core.sample import Sample
 from omnilm.errors import OmniError
-from omnilm.generation import GenerationCancelled, GenerationConfig, generate
+from omnilm.generation import GenerationCancelled, generate
+from omnilm.generation_settings import GenerationSettings
 from omnilm.serve.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ def _raise_errors(item):
 @dataclass
 class _Job:
     sample: Sample
-    config: GenerationConfig
+    config: GenerationSettings
     max_tokens_given: bool
     future: Future | None = None  # non-streaming: resolves to a Completion
     handle: StreamHandle | None = None  # streaming
@@ -162,13 +163,13 @@ class Engine:
     def load(self) -> int:
         return self._load
 
-    def submit(self, sample: Sample, config: GenerationConfig, max_tokens_given: bool = True) -> Future:
+    def submit(self, sample: Sample, config: GenerationSettings, max_tokens_given: bool = True) -> Future:
         """Queue a non-streaming request; the Future resolves to a Completion or raises its error."""
         job = _Job(sample, config, max_tokens_given, future=Future())
         self._enqueue(job)
         return job.future
 
-    def stream(self, sample: Sample, config: GenerationConfig, max_tokens_given: bool = True,
+    def stream(self, sample: Sample, config: GenerationSettings, max_tokens_given: bool = True,
                loop: asyncio.AbstractEventLoop | None = None) -> StreamHandle:
         """Queue a streaming request; read it through the returned handle."""
         job = _Job(sample, config, max_tokens_given, handle=StreamHandle(loop))
@@ -257,7 +258,7 @@ class Engine:
         self._pending = [j for j in self._pending if j not in batch]
         return batch
 
-    def _batch_size(self, config: GenerationConfig) -> int:
+    def _batch_size(self, config: GenerationSettings) -> int:
         """A seeded request runs alone: its reply then never depends on what arrived with it. In a
         batch, one seed drives every row's draws and the batch's padding shifts its logits, so the
         same request would get other text beside other requests."""
@@ -325,7 +326,7 @@ def _attempt(fn):
         return None, err
 
 
-def _batch_key(config: GenerationConfig) -> tuple:
+def _batch_key(config: GenerationSettings) -> tuple:
     """Requests share a batch only when every generation setting is the same."""
     return (config.max_new_tokens, config.temperature, config.top_p, config.top_k, config.repetition_penalty,
             tuple(config.stop), config.seed, config.use_cache, config.ignore_eos)

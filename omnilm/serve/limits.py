@@ -4,10 +4,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+MIB = 1024 * 1024
+
 
 @dataclass
 class Limits:
-    max_body_bytes: int = 20 * 1024 * 1024  # whole JSON body, base64 media included; also a fetched image
+    max_body_bytes: int = 20 * MIB  # whole JSON body, base64 media included; also a fetched image
     # Both checked from the image's header before decoding (decompression bombs, 2,000,000 x 8 strips).
     max_image_pixels: int = 16_000_000
     max_image_side: int = 16_384

@@ -19,8 +19,9 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       ValidationInfo, field_validator)
 from pydantic_core import PydanticCustomError
 
-from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, MEDIA_TOKENS, Message, Sample
-from omnilm.generation import GenerationConfig
+from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
+from omnilm.data.markers import join_parts, reserved_marker
+from omnilm.generation_settings import MAX_STOP_CHARS, GenerationSettings, bounds_of
 from omnilm.serve.errors import APIError, bad_request
 from omnilm.serve.limits import Limits
 from omnilm.serve.media import SAMPLING_RATE, read_image_url, read_input_audio
@@ -34,10 +35,7 @@ ONLY = {"n": "only 1 is supported", "response_format": "only {'type': 'text'} is
 MAX_MESSAGES = 512  # the chat template renders prefix by prefix: cost grows with the square of this
 MAX_PARTS = 64  # content parts in one message
 MAX_STOP = 4
-MAX_STOP_CHARS = 256  # every stop string is searched for after every generated token
 MAX_MODEL_NAME = 256
-MAX_TOP_K = 2**31 - 1
-INT64 = 2**63  # seeds are int64, as torch.manual_seed takes them
 GREEDY_BELOW = 1e-5  # as vLLM: logits / 1e-45 overflow to inf; such temperatures mean "greedy"
 
 
@@ -53,11 +51,10 @@ def _part_kind(value) -> str | None:
 
 
 def _no_media_markers(text: str) -> str:
-    for token in MEDIA_TOKENS.values():
-        # The markers are how media enters the prompt; typed ones would shift every image.
-        if token in text:
-            raise PydanticCustomError("reserved_marker", "contains the reserved marker {token}; send media as "
-                                      "image_url / input_audio parts instead", {"token": token})
+    # The markers are how media enters the prompt; typed ones would shift every image.
+    if token := reserved_marker(text):
+        raise PydanticCustomError("reserved_marker", "contains the reserved marker {token}; send media as "
+                                  "image_url / input_audio parts instead", {"token": token})
     return text
 
 
@@ -131,11 +128,12 @@ class ChatCompletionRequest(_Strict):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_tokens: int | None = None  # bounds come from the server's Limits (validation context)
     max_completion_tokens: int | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=MAX_TOP_K)  # not OpenAI's, but vLLM-style clients send it
-    repetition_penalty: float | None = Field(None, gt=0, le=10)
-    seed: int | None = Field(None, ge=-INT64, le=INT64 - 1)
+    # the bounds are GenerationSettings' own (omnilm.generation_settings)
+    temperature: float | None = Field(None, **bounds_of("temperature"))
+    top_p: float | None = Field(None, **bounds_of("top_p"))
+    top_k: int | None = Field(None, **bounds_of("top_k"))  # not OpenAI's, but vLLM-style clients send it
+    repetition_penalty: float | None = Field(None, **bounds_of("repetition_penalty"))
+    seed: int | None = Field(None, **bounds_of("seed"))
     stop: Stop | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
@@ -183,7 +181,7 @@ class Turn:
 class ChatRequest:
     model: str
     turns: list[Turn]
-    config: GenerationConfig
+    config: GenerationSettings
     max_tokens_given: bool  # False: the server picks a length that fits the context
     stream: bool = False
     include_usage: bool = False
@@ -296,10 +294,10 @@ def _max_tokens(request: ChatCompletionRequest) -> int | None:
     return given if given is not None else request.max_tokens
 
 
-def generation_config(request: ChatCompletionRequest, limits: Limits) -> GenerationConfig:
+def generation_config(request: ChatCompletionRequest, limits: Limits) -> GenerationSettings:
     temperature = _or(request.temperature, 1.0)
     stop = request.stop or []
-    return GenerationConfig(max_new_tokens=_max_tokens(request) or limits.default_max_tokens,
+    return GenerationSettings(max_new_tokens=_max_tokens(request) or limits.default_max_tokens,
                             temperature=0.0 if temperature < GREEDY_BELOW else temperature,
                             top_p=_or(request.top_p, 1.0), top_k=_or(request.top_k, 0),
                             repetition_penalty=_or(request.repetition_penalty, 1.0),
@@ -325,8 +323,7 @@ def to_sample(turns: list[Turn]) -> Sample:
                 audios.append((part.wave, SAMPLING_RATE))
             else:
                 pieces.append(part)
-        # "<image>\nquestion" is the LLaVA-style layout the data sources train on.
-        messages.append(Message(turn.role, "\n".join(pieces)))
+        messages.append(Message(turn.role, join_parts(pieces)))
     return Sample(messages, images, audios)
 
 

@@ -16,8 +16,9 @@ from PIL import Image, ImageDraw
 
 from omnilm.data.audio import SAMPLING_RATE, load_audio
 from omnilm.data.images import ACCEPTED_IMAGES, load_image
+from omnilm.data.markers import reserved_marker
 from omnilm.errors import OmniError
-from omnilm.generation import GenerationConfig
+from omnilm.generation_settings import MAX_TEMPERATURE, GenerationSettings
 from omnilm.serve.engine import Busy
 from omnilm.serve.errors import APIError
 from omnilm.serve.protocol import AudioClip, Turn, to_sample
@@ -47,7 +48,7 @@ def build_ui(state) -> tuple[gr.Blocks, list[str]]:
         with gr.Accordion("Generation settings", open=False):
             max_tokens = gr.Slider(1, min(limits.max_new_tokens, engine.context or limits.max_new_tokens),
                                    value=min(64, limits.default_max_tokens), step=1, label="Max new tokens")
-            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+            temperature = gr.Slider(0.0, MAX_TEMPERATURE, value=0.0, step=0.05, label="Temperature (0 = greedy)")
         gr.Examples(examples=[[str(examples_dir / "red-square.png"), "What colour is the shape?"],
                               [str(examples_dir / "blue-circle.png"), "Describe the image."],
                               [None, "Hello! What can you do?"]],
@@ -59,7 +60,7 @@ def build_ui(state) -> tuple[gr.Blocks, list[str]]:
             history += shown
             history.append({"role": "assistant", "content": ""})
             yield history, past, "", None, None
-            config = GenerationConfig(max_new_tokens=int(max_new), temperature=float(temp))
+            config = GenerationSettings(max_new_tokens=int(max_new), temperature=float(temp))
             # max_tokens_given=False: a long conversation gets a shorter answer, not an error.
             handle, answer = None, ""
             try:
@@ -144,8 +145,8 @@ def _user_turn(state, message: str, image_path: str | None, audio_path: str | No
     except OmniError as err:
         raise gr.Error(str(err)) from None
     if message:
-        if "<image>" in message or "<audio>" in message:
-            raise gr.Error("<image> and <audio> are reserved markers; use the image and audio inputs instead.")
+        if token := reserved_marker(message):
+            raise gr.Error(f"{token} is a reserved marker; use the image and audio inputs instead.")
         parts.append(message)
         shown.append({"role": "user", "content": message})
     return Turn("user", parts), shown

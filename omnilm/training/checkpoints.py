@@ -22,8 +22,8 @@ from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 
 from omnilm.errors import OmniError
-from omnilm.model.checkpoint import (CHECKPOINTS, TMP, WEIGHTS, DiskFull, atomic_folder, checkpoint_dirs,
-                                     is_trained, load_trained_weights, nbytes)
+from omnilm.files import DiskFull, atomic_folder, temp_path
+from omnilm.model.checkpoint import CHECKPOINTS, WEIGHTS, checkpoint_dirs, is_trained, load_trained_weights, nbytes
 
 STATE = "state.json"
 LEGACY_RESUMABLE = "optimizer.pt"  # checkpoints written before save_state: optimizer, scheduler, RNG in one file
@@ -99,7 +99,7 @@ def _folder_for_all(accelerator, final: Path, needed: int):
             accelerator.wait_for_everyone()
     else:
         accelerator.wait_for_everyone()
-        yield final.with_name(final.name + TMP)
+        yield temp_path(final)
         accelerator.wait_for_everyone()
 
 

@@ -25,10 +25,10 @@ from omnilm.config import Recipe, save_recipe
 from omnilm.core.sample import IGNORE
 from omnilm.data.feature_cache import open_recipe_cache
 from omnilm.errors import ConfigError, TrainingStopped
+from omnilm.files import DiskFull, disk_full, is_disk_full
 from omnilm.model.build import build_model, materialize_random, portable
 from omnilm.model.checks import check_against_model
-from omnilm.model.checkpoint import (WEIGHTS, DiskFull, atomic_save, checkpoint_dirs, disk_full, is_disk_full,
-                                     remove_stale_temps)
+from omnilm.model.checkpoint import WEIGHTS, atomic_save, checkpoint_dirs, remove_stale_temps
 from omnilm.model.saved import RECIPE_FILE, write_run_model
 from omnilm.training.batches import training_data
 from omnilm.training.checkpoints import TrainState, read_state, restore, save_checkpoint, trained_weights, track

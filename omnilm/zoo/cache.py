@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
-import shutil
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 from omnilm.errors import MissingDependency
+from omnilm.files import TMP, atomic_folder
 
 CACHE_ENV = "OMNILM_CACHE"
 
@@ -51,25 +51,15 @@ def require_package(import_name: str, pip_spec: str) -> Path:
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temp folder beside `target`; on success it becomes `target` in one rename.
 
-    The temp folder sits in the same parent so the rename stays on one filesystem (atomic).
-    If another process finished the same folder first, its result is kept and ours dropped:
-    both came from the same inputs.
+    Several processes may fill the same cache at once, so each writes its own temporary folder,
+    and if another finished first its result is kept and ours dropped: both came from the same
+    inputs.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}{TMP}")
+    with atomic_folder(target, keep_existing=True, tmp=tmp) as tmp:
         yield tmp
-        # mkdtemp makes the folder private (0700); a cache folder should get the usual mode.
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)
-        for path in tmp.rglob("*"):  # some writers (safetensors) also create private files
+        for path in tmp.rglob("*"):  # some writers (safetensors) create private files; a cache is shared
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
