@@ -177,3 +177,15 @@ def test_building_keeps_loaded_weights_and_fresh_lora(tiny_data, tmp_path):
     for name, tensor in saved.items():
         module, _, leaf = name.rpartition(".")
         torch.testing.assert_close(base.get(name, base.get(f"{module}.base_layer.{leaf}")), tensor, msg=name)
+
+
+def test_a_model_folder_needs_omnilm_imported(audio_folder):
+    """What the README says: the folder holds no remote code, so transformers alone does not know
+    model_type omnilm; importing OmniLM registers it."""
+    folder, _ = audio_folder
+    code = ("import sys; from transformers import AutoConfig\n"
+            "try:\n    AutoConfig.from_pretrained(sys.argv[1])\nexcept ValueError as err:\n"
+            "    print('refused:', 'omnilm' in str(err))\n"
+            "import omnilm.model.omni\nprint(AutoConfig.from_pretrained(sys.argv[1]).model_type)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True)
+    assert done.stdout.split("\n")[:2] == ["refused: True", "omnilm"], done.stderr[-2000:]

@@ -20,7 +20,7 @@ import torch
 
 from omnilm.config import load_recipe, save_recipe
 from omnilm.errors import OmniError
-from omnilm.files import atomic_folder, temp_path
+from omnilm.files import atomic_folder, recover, temp_path
 from omnilm.model.checkpoint import nbytes
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,7 @@ def load_pretrained(path, device=None, audio_route: str | None = None,
     its processor). `audio_route` / `transcriber` (a TranscriberConfig) choose how audio is read
     at inference."""
     path = Path(path)
+    recover(path)  # an export killed while replacing this folder left the previous one aside
     if is_model_folder(path):
         return _from_model_folder(path, device, audio_route, transcriber)
     if (path / RECIPE_FILE).is_file():

@@ -236,7 +236,7 @@ def run_quickstart(out: str | Path = "runs/quickstart", fast: bool = False, skip
     results["targets"] = judge(results)
     print_verdicts(results["targets"], fast)
     write_results(results, out)
-    print(f"\nmodel: {final}  (omnilm.model.build.load_pretrained, or `omnilm serve --model {final}`)")
+    print(f"\nmodel: {final}  (OmniLM.from_pretrained + OmniProcessor.from_pretrained, or `omnilm serve --model {final}`)")
     print(f"typed part {results['typed_seconds']:.0f} s, whole run {results['total_seconds']:.0f} s; "
           f"results: {out / 'results.json'}, {out / 'results.png'}")
     return results
