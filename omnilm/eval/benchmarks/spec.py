@@ -31,6 +31,10 @@ class Benchmark:
     lmms_eval_task: str = ""  # the lmms-eval task (and yaml/utils file) this follows
     max_new_tokens: int = 16
 
+    def local_rows(self):
+        """Rows of a benchmark that ships with a package instead of the hub (easy-VQA); None otherwise."""
+        return None
+
     def items(self, rows) -> Iterator[Item]:
         """rows: dicts in the hub dataset's schema -> the questions to ask."""
         raise NotImplementedError
