@@ -15,6 +15,7 @@ import yaml
 
 from omnilm.config import CHOICES
 from omnilm.errors import ConfigError, OmniError, TrainingStopped
+from omnilm.eval.benchmarks import BENCHMARKS
 from omnilm.eval.runner import ANSWER_PARTS, METRICS
 from omnilm.extras import install_hint, missing_optional
 from omnilm.generation_settings import GenerationSettings
@@ -68,6 +69,12 @@ def cmd_fixtures(args) -> None:
 def cmd_eval(args) -> None:
     from omnilm.eval.runner import evaluate_folder, write_result
 
+    if bool(args.benchmark) == bool(args.source):
+        raise ConfigError("omnilm eval needs either --benchmark NAME or --source SOURCE (not both)")
+    if args.benchmark:
+        return _eval_benchmark(args)
+    if args.skip_bad:
+        raise ConfigError("--skip-bad is for --benchmark runs")
     options = {}
     for item in args.option or []:
         key, sep, raw = item.partition("=")
@@ -81,6 +88,23 @@ def cmd_eval(args) -> None:
     print(result.summary())
     if args.out:
         print(f"predictions and scores -> {write_result(result, args.out)}")
+
+
+def _eval_benchmark(args) -> None:
+    from omnilm.eval.benchmark_runner import default_out, evaluate_benchmark, predictions_path
+
+    chosen = {"--metric": args.metric, "--image-dir": args.image_dir, "--audio-dir": args.audio_dir,
+              "--option": args.option, "--answer": args.answer != "reply"}
+    given = [name for name, value in chosen.items() if value]
+    if given:
+        raise ConfigError(f"{given[0]} is not for --benchmark runs: a benchmark sets its own prompt and scoring")
+    out = args.out or default_out(args.benchmark)
+    result = evaluate_benchmark(args.benchmark, args.model, data=args.data, limit=args.limit, out=out,
+                                batch_size=args.batch_size, skip_bad=args.skip_bad,
+                                max_new_tokens=args.max_new_tokens)
+    print(result.summary)
+    skipped = f"; {len(result.skipped)} bad rows skipped" if result.skipped else ""
+    print(f"predictions and scores -> {out} (replies as they came: {predictions_path(out)}){skipped}")
 
 
 def cmd_quickstart(args) -> None:
@@ -317,8 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_chat)
     p = sub.add_parser("eval", help="score a trained model on a data set (VQA accuracy, BLEU-4/CIDEr, WER)")
     p.add_argument("--model", required=True, help="a trained run or export folder")
-    p.add_argument("--data", help="annotation / conversation / manifest file (easyvqa needs none)")
-    p.add_argument("--source", required=True, choices=CHOICES["data.source"])
+    p.add_argument("--benchmark", choices=tuple(BENCHMARKS),
+                   help="a standard benchmark scored as lmms-eval scores it, read from the hub (or --data)")
+    p.add_argument("--data", help="annotation / conversation / manifest file (easyvqa needs none); with "
+                                  "--benchmark: a local copy (parquet, arrow, json, a save_to_disk folder)")
+    p.add_argument("--source", choices=CHOICES["data.source"], help="the data set's format (without --benchmark)")
     p.add_argument("--metric", choices=METRICS, help="default: wer for asr, else vqa")
     p.add_argument("--image-dir", help="folder relative image paths start from (default: the data file's)")
     p.add_argument("--audio-dir", help="folder relative audio paths start from (default: the data file's)")
@@ -326,13 +353,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source option (data.options), e.g. --option split=test --option sample=500")
     p.add_argument("--limit", type=int, help="score only the first N samples")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, help="default: 8 (vqa), 48 (caption), 96 (wer)")
+    p.add_argument("--max-new-tokens", type=int,
+                   help="default: 8 (vqa), 48 (caption), 96 (wer); a benchmark's own (lmms-eval's)")
+    p.add_argument("--skip-bad", action="store_true", help="--benchmark: leave out (and count) rows that "
+                                                           "cannot be read instead of stopping")
     p.add_argument("--answer", choices=tuple(ANSWER_PARTS), default="reply",
                    help="the part of each reply scored: all of it, or its last line (a model that describes "
                         "the image, then answers)")
     p.add_argument("--final-line", dest="answer", action="store_const", const="last-line",
                    help="same as --answer last-line")
-    p.add_argument("--out", help="write scores and every prediction to this JSON file")
+    p.add_argument("--out", help="write scores and every prediction to this JSON file (--benchmark: default "
+                                 "eval-NAME.json; the same --out continues an interrupted run)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("quickstart", help="offline: build, train and evaluate a real small multimodal model")
