@@ -180,3 +180,28 @@ def test_a_bad_row_is_named_or_skipped_and_counted(tiny_model, steered, tmp_path
     result = run(tiny_model, bad, tmp_path / "skips.json", skip_bad=True)
     assert result.count == 3 and len(result.skipped) == 2
     assert "row #3 (id test-3): image not found" in result.skipped[1]
+
+
+def test_easyvqa_asks_and_scores_as_the_quickstart(monkeypatch):
+    """The benchmark's items are the quickstart's typed test questions (same ids, prompts, images,
+    order), and its scores on the same replies are the quickstart's own."""
+    from omnilm.eval import runner
+    from omnilm.eval.runner import split_prompt
+    from omnilm.tasks.easyvqa.evaluation import _scored, eval_samples
+
+    easyvqa = get_benchmark("easyvqa")
+    items = list(easyvqa.items(easyvqa.local_rows()))
+    samples = eval_samples(1000)
+    assert [it.id for it in items] == [s.id for s in samples]
+    prompt, reference = split_prompt(samples[7])
+    assert items[7].sample.messages == prompt.messages and items[7].sample.images == [str(p) for p in prompt.images]
+    assert items[7].target == reference
+    # Replies as stage 2 writes them, every third answer wrong.
+    replies = {s.id: f"blue circle\n{'nope' if i % 3 == 0 else s.meta['answer']}" for i, s in enumerate(samples)}
+    monkeypatch.setattr(runner, "generate_texts",
+                        lambda model, processor, prompts, *a, **k: [replies[p.id] for p in prompts])
+    theirs = _scored(None, None, samples, "quickstart")
+    ours = easyvqa.score([{"id": it.id, "reply": replies[it.id], "prediction": easyvqa.extract(replies[it.id], it),
+                           "target": it.target, "meta": it.meta} for it in items])
+    assert ours == {"accuracy": theirs["accuracy"]} | theirs["by_type"]
+    assert 0.6 < ours["accuracy"] < 0.7

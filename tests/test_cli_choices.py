@@ -3,6 +3,7 @@ import argparse
 
 from omnilm.cli import _limits, build_parser
 from omnilm.config import CHOICES
+from omnilm.eval.benchmarks import BENCHMARKS
 from omnilm.eval.runner import ANSWER_PARTS, METRICS
 from omnilm.model.export import FORMATS
 from omnilm.serve.limits import Limits
@@ -19,6 +20,7 @@ OWNERS = {
     ("eval", "source"): CHOICES["data.source"],
     ("eval", "metric"): METRICS,
     ("eval", "answer"): tuple(ANSWER_PARTS),
+    ("eval", "benchmark"): tuple(BENCHMARKS),
 }
 
 
