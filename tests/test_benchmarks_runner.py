@@ -163,9 +163,13 @@ def test_a_run_stopped_by_an_error_resumes_from_its_predictions(tiny_model, stee
 def test_predictions_of_another_evaluation_are_refused(tiny_model, steered, tmp_path):
     rows, _ = steered
     out = tmp_path / "other.json"
-    predictions_path(out).write_text(json.dumps({"benchmark": "pope", "max_new_tokens": 128}) + "\n")
+    predictions_path(out).write_text(json.dumps({"benchmark": "pope", "max_new_tokens": 128, "rows": str(rows),
+                                                 "model": None}) + "\n")
     with pytest.raises(DataError, match="written by another evaluation"):
         run(tiny_model, rows, out)
+    run(tiny_model, rows, tmp_path / "mine.json", model_name="runs/a")
+    with pytest.raises(DataError, match="'model': 'runs/a'.*choose another --out"):  # another model's replies
+        run(tiny_model, rows, tmp_path / "mine.json", model_name="runs/b")
 
 
 def test_a_bad_row_is_named_or_skipped_and_counted(tiny_model, steered, tmp_path):

@@ -116,13 +116,13 @@ def _readable(item: Item) -> Item:
                 item.target, item.meta)
 
 
-def read_predictions(path: Path, benchmark: Benchmark, max_new_tokens: int) -> dict[str, dict]:
-    """The records an earlier run wrote (its last line may be cut off by the interruption)."""
+def read_predictions(path: Path, expected: dict) -> dict[str, dict]:
+    """The records an earlier run of the same evaluation (`expected`, its header) wrote; its last
+    line may be cut off by the interruption."""
     if not path.is_file():
         return {}
     lines = path.read_text().splitlines()
     header = _parse(lines[0]) if lines else None
-    expected = _header(benchmark, max_new_tokens)
     if header != expected:
         raise DataError(f"{path} was written by another evaluation ({header}, not {expected}); "
                         "choose another --out or delete it")
@@ -141,13 +141,14 @@ def _parse(line: str):
         return None
 
 
-def _header(benchmark: Benchmark, max_new_tokens: int) -> dict:
-    return {"benchmark": benchmark.name, "max_new_tokens": max_new_tokens}
+def _header(benchmark: Benchmark, max_new_tokens: int, rows: str, model: str | None) -> dict:
+    """What makes two runs one evaluation, so a predictions file is only ever continued by its own."""
+    return {"benchmark": benchmark.name, "max_new_tokens": max_new_tokens, "rows": rows, "model": model}
 
 
 def run_benchmark(benchmark: Benchmark, model, processor, rows: Iterable[dict], out: str | Path, *,
                   where: str = "", data: str | None = None, limit: int | None = None, batch_size: int = 8,
-                  skip_bad: bool = False, max_new_tokens: int | None = None,
+                  skip_bad: bool = False, max_new_tokens: int | None = None, model_name: str | None = None,
                   progress: bool = True) -> BenchmarkResult:
     """Generate for every item not yet in the predictions file, then score them all and write the JSON."""
     if batch_size < 1:
@@ -156,19 +157,20 @@ def run_benchmark(benchmark: Benchmark, model, processor, rows: Iterable[dict], 
         raise ConfigError(f"--limit must be at least 1, got {limit}")
     tokens = max_new_tokens or benchmark.max_new_tokens
     path = predictions_path(out)
-    done = read_predictions(path, benchmark, tokens)
+    where = where or data or benchmark.hub_id or benchmark.name
+    header = _header(benchmark, tokens, where, model_name)
+    done = read_predictions(path, header)
     path.parent.mkdir(parents=True, exist_ok=True)
     skipped: list[str] = []
     order: list[str] = []
     with path.open("a") as sink, tqdm(total=limit, desc=benchmark.name, unit="q", disable=not progress,
                                       dynamic_ncols=True) as bar:
         if sink.tell() == 0:
-            _write(sink, _header(benchmark, tokens))
+            _write(sink, header)
         elif not path.read_bytes().endswith(b"\n"):
             sink.write("\n")  # end the line an interruption cut off: it is skipped as unreadable
         pending: list[Item] = []
-        for item in build_items(benchmark, rows, where or data or benchmark.hub_id, skip_bad=skip_bad,
-                                skipped=skipped):
+        for item in build_items(benchmark, rows, where, skip_bad=skip_bad, skipped=skipped):
             order.append(item.id)
             if item.id in done:
                 bar.update(1)
@@ -220,7 +222,7 @@ def evaluate_benchmark(name: str, model_dir, *, data: str | None = None, limit: 
     model, processor = load_pretrained(model_dir)
     return run_benchmark(benchmark, model, processor, rows, out or default_out(name), data=data, limit=limit,
                          batch_size=batch_size, skip_bad=skip_bad, max_new_tokens=max_new_tokens,
-                         progress=progress)
+                         model_name=str(model_dir), progress=progress)
 
 
 def default_out(name: str) -> Path:
