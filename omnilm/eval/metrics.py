@@ -74,7 +74,7 @@ def vqa_accuracy(predictions: Sequence[str], references: Sequence[str | Sequence
     """Fraction of predictions that equal (after normalize_answer) an acceptable answer.
 
     A reference is one answer or a list of acceptable ones; any match counts. This is plain
-    exact match, not the VQA v2 "min(#humans agreeing / 3, 1)" soft score.
+    exact match, not the VQA v2 "min(#humans agreeing / 3, 1)" soft score (vqa_soft_accuracy).
     """
     _check_lengths(predictions, references, "vqa_accuracy")
     hits = sum(_is_correct(p, r) for p, r in zip(predictions, references))
