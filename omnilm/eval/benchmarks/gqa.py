@@ -12,7 +12,8 @@ from typing import Iterable, Iterator
 
 from omnilm.errors import DataError
 from omnilm.eval.benchmarks.choices import percent
-from omnilm.eval.benchmarks.media import column, hub_image, user_prompt
+from omnilm.eval.benchmarks.media import column, image_of
+from omnilm.eval.benchmarks.prompting import user_prompt
 from omnilm.eval.benchmarks.spec import Benchmark, Item
 
 POST_PROMPT = "\nAnswer the question using a single word or phrase."
@@ -29,9 +30,9 @@ def attach_images(instructions: Iterable[dict], image_rows: Iterable[dict]) -> I
     """Each instruction row with its image (config IMAGES_CONFIG: columns id, image) as "image"."""
     images = {row["id"]: row["image"] for row in image_rows}
     for number, row in enumerate(instructions):
-        image_id = column(row, "imageId", f"gqa row #{number}")
+        image_id = column(row, "imageId")
         if image_id not in images:
-            raise DataError(f"gqa row #{number}: image {image_id!r} is not in the {IMAGES_CONFIG} rows")
+            raise DataError(f"gqa instruction row #{number}: image {image_id!r} is not in the {IMAGES_CONFIG} rows")
         yield {**row, "image": images[image_id]}
 
 
@@ -46,16 +47,15 @@ class GQA(Benchmark):
     images_config = IMAGES_CONFIG
 
     def items(self, rows) -> Iterator[Item]:
-        for number, row in enumerate(rows):
-            where = f"{self.name} row #{number}"
+        for row in rows:
             if "image" not in row:
-                raise DataError(f"{where}: no image; GQA's images are config {IMAGES_CONFIG!r}, "
+                raise DataError(f"no image; GQA's images are config {IMAGES_CONFIG!r}, "
                                 "joined by imageId with gqa.attach_images")
-            item_id = str(column(row, "id", where))
+            item_id = str(column(row, "id", (str, int)))
             yield Item(id=item_id,
-                       sample=user_prompt(column(row, "question", where) + POST_PROMPT,
-                                          images=[hub_image(row["image"], where)], id=item_id),
-                       target=column(row, "answer", where), meta={"image_id": row.get("imageId")})
+                       sample=user_prompt(column(row, "question") + POST_PROMPT,
+                                          images=[image_of(row["image"])], id=item_id),
+                       target=column(row, "answer"), meta={"image_id": row.get("imageId")})
 
     def extract(self, reply: str, item: Item) -> str:
         return exact_match_form(reply)

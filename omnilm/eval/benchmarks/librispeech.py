@@ -13,7 +13,8 @@ import re
 from functools import cache
 from typing import Iterator
 
-from omnilm.eval.benchmarks.media import column, hub_audio, user_prompt
+from omnilm.eval.benchmarks.media import column
+from omnilm.eval.benchmarks.prompting import audio_of, content_id, user_prompt
 from omnilm.eval.benchmarks.spec import Benchmark, Item
 from omnilm.eval.metrics import word_error_rate
 
@@ -46,12 +47,15 @@ class LibriSpeech(Benchmark):
     max_new_tokens = 256
 
     def items(self, rows) -> Iterator[Item]:
-        for number, row in enumerate(rows):
-            where = f"{self.name} row #{number}"
-            item_id = str(row.get("id", number))
+        for row in rows:
+            audio = column(row, "audio", object)
+            target = column(row, "gt")
+            # Rows carry no id column: the audio file's name, else its content, names it.
+            path = audio.get("path") if isinstance(audio, dict) else None
+            item_id = path or content_id(target, audio_of(audio))
             yield Item(id=item_id,
-                       sample=user_prompt(PROMPT, audios=[hub_audio(column(row, "audio", where), where)], id=item_id),
-                       target=column(row, "gt", where), meta={"source": row.get("source")})
+                       sample=user_prompt(PROMPT, audios=[audio_of(audio)], id=item_id),
+                       target=target, meta={"source": row.get("source")})
 
     def extract(self, reply: str, item: Item) -> str:
         return transcript_form(reply)

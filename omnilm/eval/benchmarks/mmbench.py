@@ -17,7 +17,8 @@ from typing import Iterator
 
 from omnilm.errors import DataError
 from omnilm.eval.benchmarks.choices import percent
-from omnilm.eval.benchmarks.media import column, hub_image, user_prompt
+from omnilm.eval.benchmarks.media import column, image_of
+from omnilm.eval.benchmarks.prompting import user_prompt
 from omnilm.eval.benchmarks.spec import Benchmark, Item
 
 POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
@@ -80,21 +81,20 @@ class MMBench(Benchmark):
     max_new_tokens = 1024
 
     def items(self, rows) -> Iterator[Item]:
-        for number, row in enumerate(rows):
-            where = f"{self.name} row #{number}"
-            index = int(column(row, "index", where))
+        for row in rows:
+            index = column(row, "index", int)
             if index >= COPY_OFFSET:
                 continue
             options = options_of(row)
-            answer_letter = column(row, "answer", where)
+            answer_letter = column(row, "answer")
             if answer_letter not in OPTION_LETTERS[:len(options)]:
-                raise DataError(f"{where}: answer {answer_letter!r} is not one of its {len(options)} options")
-            image = hub_image(column(row, "image", where), where)
+                raise DataError(f"column 'answer': {answer_letter!r} is not one of its {len(options)} options")
+            image = image_of(column(row, "image", object))
             for rotation in range(len(options)):
                 shifted, target = rotated(options, OPTION_LETTERS.index(answer_letter), rotation)
                 item_id = f"{index}/{rotation}"
                 yield Item(id=item_id,
-                           sample=user_prompt(prompt(column(row, "question", where), row.get("hint"), shifted),
+                           sample=user_prompt(prompt(column(row, "question"), row.get("hint"), shifted),
                                               images=[image], id=item_id),
                            target=target,
                            meta={"index": index, "rotation": rotation, "options": shifted,

@@ -14,7 +14,8 @@ from typing import Iterator
 
 from omnilm.errors import DataError
 from omnilm.eval.benchmarks.choices import letters, lettered, percent
-from omnilm.eval.benchmarks.media import column, hub_image, user_prompt
+from omnilm.eval.benchmarks.media import column, image_of
+from omnilm.eval.benchmarks.prompting import user_prompt
 from omnilm.eval.benchmarks.mmmu_rules import multi_choice_letter, open_answers, open_correct
 from omnilm.eval.benchmarks.spec import Benchmark, Item
 
@@ -23,13 +24,13 @@ OPEN_PROMPT = "Answer the question using a single word or phrase."
 _IMAGE_REFERENCE = re.compile(r"<image (\d+)>")
 
 
-def _literal_list(text: str, where: str, what: str) -> list:
+def _literal_list(text: str, name: str) -> list:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise DataError(f"{where}: {what} {text!r} is not a Python list literal") from None
+        raise DataError(f"column {name!r}: {text!r} is not a Python list literal") from None
     if not isinstance(value, list):
-        raise DataError(f"{where}: {what} {text!r} is not a list")
+        raise DataError(f"column {name!r}: {text!r} is not a list")
     return value
 
 
@@ -48,29 +49,28 @@ class MMMU(Benchmark):
     max_new_tokens = 16
 
     def items(self, rows) -> Iterator[Item]:
-        for number, row in enumerate(rows):
-            where = f"{self.name} row #{number}"
-            question_id = column(row, "id", where)
-            kind = column(row, "question_type", where)
-            question = column(row, "question", where)
-            options = _literal_list(column(row, "options", where), where, "options")
+        for row in rows:
+            question_id = column(row, "id")
+            kind = column(row, "question_type")
+            question = column(row, "question")
+            options = _literal_list(column(row, "options"), "options")
             if kind == "multiple-choice":
                 text = f"{question}\n{lettered(options)}\n\n{MULTI_CHOICE_PROMPT}"
-                target = column(row, "answer", where)
+                target = column(row, "answer")
             elif kind == "open":
                 text = f"{question}\n\n{OPEN_PROMPT}"
-                answer = column(row, "answer", where)
+                answer = column(row, "answer")
                 # Some open answers list several accepted values as a Python list literal.
-                target = _literal_list(answer, where, "answer") if answer.startswith("[") else answer
+                target = _literal_list(answer, "answer") if answer.startswith("[") else answer
             else:
-                raise DataError(f"{where}: question_type {kind!r} is neither 'multiple-choice' nor 'open'")
+                raise DataError(f"column 'question_type': {kind!r} is neither 'multiple-choice' nor 'open'")
             referenced = sorted({int(n) for n in _IMAGE_REFERENCE.findall(text)}, key=lambda n: f"image_{n}")
             images = []
             for n in referenced:
                 value = row.get(f"image_{n}")
                 if value is None:
-                    raise DataError(f"{where}: the text references <image {n}> but column image_{n} is empty")
-                images.append(hub_image(value, where))
+                    raise DataError(f"the text references <image {n}> but column image_{n} is empty")
+                images.append(image_of(value))
             yield Item(id=question_id, sample=user_prompt(text, images=images, id=question_id), target=target,
                        meta={"question_type": kind, "subject": subject_of(question_id),
                              "options": dict(zip(letters(len(options)), options)) if options else {}})

@@ -11,7 +11,8 @@ from typing import Iterator
 
 from omnilm.errors import DataError
 from omnilm.eval.benchmarks.choices import percent
-from omnilm.eval.benchmarks.media import column, hub_image, user_prompt
+from omnilm.eval.benchmarks.media import column, image_of
+from omnilm.eval.benchmarks.prompting import user_prompt
 from omnilm.eval.benchmarks.spec import Benchmark, Item
 
 POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
@@ -31,15 +32,14 @@ class MMStar(Benchmark):
     max_new_tokens = 32
 
     def items(self, rows) -> Iterator[Item]:
-        for number, row in enumerate(rows):
-            where = f"{self.name} row #{number}"
-            text = column(row, "question", where).strip().replace(YES_NO_PROMPT, "") + POST_PROMPT
-            item_id = str(column(row, "index", where))
-            yield Item(id=item_id, sample=user_prompt(text, images=[hub_image(column(row, "image", where), where)],
+        for row in rows:
+            text = column(row, "question").strip().replace(YES_NO_PROMPT, "") + POST_PROMPT
+            item_id = str(column(row, "index", (str, int)))
+            yield Item(id=item_id, sample=user_prompt(text, images=[image_of(column(row, "image", object))],
                                                       id=item_id),
-                       target=column(row, "answer", where).strip().upper(),
-                       meta={"category": column(row, "category", where),
-                             "l2_category": column(row, "l2_category", where)})
+                       target=column(row, "answer").strip().upper(),
+                       meta={"category": column(row, "category"),
+                             "l2_category": column(row, "l2_category")})
 
     def extract(self, reply: str, item: Item) -> str:
         text = reply.lower().strip().replace("\n", " ")

@@ -9,7 +9,8 @@ from typing import Iterator
 
 from omnilm.errors import DataError
 from omnilm.eval.benchmarks.choices import letters, lettered, percent
-from omnilm.eval.benchmarks.media import column, hub_image, user_prompt
+from omnilm.eval.benchmarks.media import column, image_of
+from omnilm.eval.benchmarks.prompting import content_id, user_prompt
 from omnilm.eval.benchmarks.spec import Benchmark, Item
 
 POST_PROMPT = "\nAnswer with the option's letter from the given choices directly."
@@ -25,18 +26,19 @@ class ScienceQAImg(Benchmark):
     max_new_tokens = 16
 
     def items(self, rows) -> Iterator[Item]:
-        for number, row in enumerate(rows):
-            where = f"{self.name} row #{number}"
-            choices = column(row, "choices", where)
-            answer = column(row, "answer", where)
-            if not isinstance(answer, int) or not 0 <= answer < len(choices):
-                raise DataError(f"{where}: answer {answer!r} is not an index into its {len(choices)} choices")
-            hint = column(row, "hint", where)
+        for row in rows:
+            choices = column(row, "choices", list)
+            answer = column(row, "answer", int)
+            if not 0 <= answer < len(choices):
+                raise DataError(f"column 'answer': {answer} is not an index into its {len(choices)} choices")
+            hint = column(row, "hint", (str, type(None)))
             context = f"Context: {hint}\n" if hint else ""
-            text = f"{context}{column(row, 'question', where)}\n{lettered(choices)}{POST_PROMPT}"
-            image = column(row, "image", where)
-            images = [hub_image(image, where)] if image is not None else []
-            item_id = str(number)
+            question = column(row, "question")
+            text = f"{context}{question}\n{lettered(choices)}{POST_PROMPT}"
+            image = row.get("image")
+            images = [image_of(image)] if image is not None else []
+            # The dataset has no id column: the question, its choices and its image name it.
+            item_id = content_id(question, hint, choices, answer, images[0] if images else None)
             yield Item(id=item_id, sample=user_prompt(text, images=images, id=item_id),
                        target=letters(len(choices))[answer],
                        meta={"subject": row.get("subject"), "category": row.get("category")})

@@ -11,7 +11,8 @@ from typing import Iterator
 
 from omnilm.errors import DataError
 from omnilm.eval.benchmarks.choices import percent
-from omnilm.eval.benchmarks.media import column, hub_image, user_prompt
+from omnilm.eval.benchmarks.media import column, image_of
+from omnilm.eval.benchmarks.prompting import user_prompt
 from omnilm.eval.benchmarks.spec import Benchmark, Item
 from omnilm.eval.metrics import normalize_answer, vqa_soft_accuracy
 
@@ -28,15 +29,14 @@ class TextVQA(Benchmark):
     max_new_tokens = 16
 
     def items(self, rows) -> Iterator[Item]:
-        for number, row in enumerate(rows):
-            where = f"{self.name} row #{number}"
-            answers = column(row, "answers", where)
-            if not isinstance(answers, list) or len(answers) < 2 or not all(isinstance(a, str) for a in answers):
-                raise DataError(f"{where}: answers must be a list of human answers (text), got {answers!r}")
+        for row in rows:
+            answers = column(row, "answers", list)
+            if len(answers) < 2 or not all(isinstance(a, str) for a in answers):
+                raise DataError(f"column 'answers': expected a list of human answers (text), got {answers!r}")
             # str.capitalize, as the task does: first letter upper, the rest lower case.
-            text = column(row, "question", where).capitalize() + POST_PROMPT
-            item_id = str(column(row, "question_id", where))
-            yield Item(id=item_id, sample=user_prompt(text, images=[hub_image(column(row, "image", where), where)],
+            text = column(row, "question").capitalize() + POST_PROMPT
+            item_id = str(column(row, "question_id", (str, int)))
+            yield Item(id=item_id, sample=user_prompt(text, images=[image_of(column(row, "image", object))],
                                                       id=item_id),
                        target=answers, meta={"question_id": row["question_id"], "image_id": row.get("image_id")})
 
