@@ -74,11 +74,30 @@ def vqa_accuracy(predictions: Sequence[str], references: Sequence[str | Sequence
     """Fraction of predictions that equal (after normalize_answer) an acceptable answer.
 
     A reference is one answer or a list of acceptable ones; any match counts. This is plain
-    exact match, not the VQA v2 "min(#humans agreeing / 3, 1)" soft score.
+    exact match, not the VQA v2 "min(#humans agreeing / 3, 1)" soft score (vqa_soft_accuracy).
     """
     _check_lengths(predictions, references, "vqa_accuracy")
     hits = sum(_is_correct(p, r) for p, r in zip(predictions, references))
     return hits / len(predictions)
+
+
+def vqa_soft_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """VQA v2's score of one prediction against its human answers (ten in VQA v2 and TextVQA):
+    min(#matches among the other answers / 3, 1), averaged over leaving each answer out in turn
+    (the 10-choose-9 subsets), after normalize_answer on both sides.
+
+    normalize_answer drops apostrophes on both sides, so "don't" and "dont" meet as the VQA
+    script's contraction table makes them meet.
+    """
+    if len(answers) < 2:
+        raise DataError(f"vqa_soft_accuracy: needs at least 2 human answers, got {len(answers)}")
+    guess = normalize_answer(prediction)
+    humans = [normalize_answer(a) for a in answers]
+    scores = []
+    for left_out in range(len(humans)):
+        matches = sum(h == guess for i, h in enumerate(humans) if i != left_out)
+        scores.append(min(matches / 3, 1.0))
+    return sum(scores) / len(scores)
 
 
 def accuracy_by_group(
