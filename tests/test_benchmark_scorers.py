@@ -137,7 +137,14 @@ def gqa_rows():
 def test_gqa_joins_images_by_image_id_and_prompts():
     bench = get_benchmark("gqa")
     instructions, images = gqa_rows()
-    items = list(bench.items(attach_images(instructions, images)))
+    asked = []
+
+    def other_config(name):  # what the runner reads from the hub: another configuration's rows
+        asked.append(name)
+        return images
+
+    items = list(bench.items(bench.joined(instructions, other_config)))
+    assert asked == ["testdev_balanced_images"]
     assert items[0].sample.messages[0].content == (
         "<image>\nIs the cup red?\nAnswer the question using a single word or phrase.")
     assert load_image(items[1].sample.images[0]).size == (5, 5)

@@ -61,9 +61,16 @@ def benchmark_rows(benchmark: Benchmark, data: str | None = None) -> Iterator[di
         raise DataError(f"--data {data}: no such file or folder")
     if data is not None and Path(data).is_file() and Path(data).suffix in (".json", ".jsonl"):
         return _json_rows(Path(data))
-    cfg = DataConfig(source="hf", path=data or benchmark.hub_id, name=None if data else benchmark.config_name,
-                     split=benchmark.split, revision=None if data else benchmark.revision)
-    return read_rows(open_rows(cfg), cfg)
+    if data is not None:  # a local copy holds the rows `items` reads, joined already (GQA: with its images)
+        cfg = DataConfig(source="hf", path=data, split=benchmark.split)
+        return read_rows(open_rows(cfg), cfg)
+
+    def rows_of(config_name: str | None):
+        cfg = DataConfig(source="hf", path=benchmark.hub_id, name=config_name, split=benchmark.split,
+                         revision=benchmark.revision)
+        return read_rows(open_rows(cfg), cfg)
+
+    return benchmark.joined(rows_of(benchmark.config_name), rows_of)
 
 
 def _json_rows(path: Path) -> Iterator[dict]:

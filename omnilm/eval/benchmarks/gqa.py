@@ -46,6 +46,9 @@ class GQA(Benchmark):
     max_new_tokens = 16
     images_config = IMAGES_CONFIG
 
+    def joined(self, rows, other_config):
+        return attach_images(rows, other_config(self.images_config))
+
     def items(self, rows) -> Iterator[Item]:
         for row in rows:
             if "image" not in row:

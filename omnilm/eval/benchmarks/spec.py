@@ -35,6 +35,11 @@ class Benchmark:
         """Rows of a benchmark that ships with a package instead of the hub (easy-VQA); None otherwise."""
         return None
 
+    def joined(self, rows, other_config):
+        """The rows `items` reads, from those of `config_name` and, for a benchmark spread over
+        several configurations (GQA's images), `other_config(name)` -> that configuration's rows."""
+        return rows
+
     def items(self, rows) -> Iterator[Item]:
         """rows: dicts in the hub dataset's schema -> the questions to ask."""
         raise NotImplementedError
