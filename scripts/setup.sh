@@ -25,4 +25,9 @@ python -m pip install -q --upgrade pip
 python -m pip install -q -r requirements.txt
 python -m pip install -q --no-deps -r requirements-offline.txt
 python -m pip install -q --no-deps -e .
+
+echo "== lmms-eval into .venv-lmms (its own environment: requirements-lmms.txt says why)"
+python -m venv .venv-lmms
+.venv-lmms/bin/python -m pip install -q -c requirements.txt -r requirements-lmms.txt
+.venv-lmms/bin/python -m pip uninstall -q -y torchvision
 python -c "import torch, omnilm; print('omnilm', omnilm.__version__, 'with torch', torch.__version__)"

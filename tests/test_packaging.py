@@ -78,7 +78,8 @@ def test_each_hint_names_the_extra_that_installs_the_package():
 
 
 def test_the_pins_setup_installs_satisfy_pyproject():
-    pins = _pins(ROOT / "requirements.txt") | _pins(ROOT / "requirements-offline.txt")
+    pins = _pins(ROOT / "requirements.txt") | _pins(ROOT / "requirements-offline.txt") | \
+        _pins(ROOT / "requirements-lmms.txt")
     for lines in [PROJECT["dependencies"], *PROJECT["optional-dependencies"].values()]:
         for req in _requirements(lines):
             name = canonicalize_name(req.name)
