@@ -186,12 +186,13 @@ def test_a_bad_row_is_named_or_skipped_and_counted(tiny_model, steered, tmp_path
     assert "row #3 (id test-3): image not found" in result.skipped[1]
 
 
-def test_easyvqa_asks_and_scores_as_the_quickstart(monkeypatch):
+def test_easyvqa_asks_and_scores_as_the_quickstart(monkeypatch, tmp_path):
     """The benchmark's items are the quickstart's typed test questions (same ids, prompts, images,
-    order), and its scores on the same replies are the quickstart's own."""
+    order), and the quickstart's typed scores, which come from the runner, are those the ordinary
+    evaluator gives the same replies (the numbers of earlier quickstarts)."""
     from omnilm.eval import runner
     from omnilm.eval.runner import split_prompt
-    from omnilm.tasks.easyvqa.evaluation import _scored, eval_samples
+    from omnilm.tasks.easyvqa.evaluation import _scored, eval_samples, typed_scored
 
     easyvqa = get_benchmark("easyvqa")
     items = list(easyvqa.items(easyvqa.local_rows()))
@@ -202,10 +203,15 @@ def test_easyvqa_asks_and_scores_as_the_quickstart(monkeypatch):
     assert items[7].target == reference
     # Replies as stage 2 writes them, every third answer wrong.
     replies = {s.id: f"blue circle\n{'nope' if i % 3 == 0 else s.meta['answer']}" for i, s in enumerate(samples)}
-    monkeypatch.setattr(runner, "generate_texts",
-                        lambda model, processor, prompts, *a, **k: [replies[p.id] for p in prompts])
-    theirs = _scored(None, None, samples, "quickstart")
-    ours = easyvqa.score([{"id": it.id, "reply": replies[it.id], "prediction": easyvqa.extract(replies[it.id], it),
-                           "target": it.target, "meta": it.meta} for it in items])
-    assert ours == {"accuracy": theirs["accuracy"]} | theirs["by_type"]
-    assert 0.6 < ours["accuracy"] < 0.7
+
+    def reply(model, processor, prompts, *args, **kwargs):
+        return [replies[p.id] for p in prompts]
+
+    monkeypatch.setattr(runner, "generate_texts", reply)
+    monkeypatch.setattr(benchmark_runner, "generate_texts", reply)
+    evaluator = _scored(None, None, samples, "quickstart")
+    quickstart = typed_scored(None, None, samples, tmp_path / "eval-easyvqa.json")
+    assert quickstart["accuracy"] == evaluator["accuracy"] and quickstart["by_type"] == evaluator["by_type"]
+    assert quickstart["predictions"] == evaluator["predictions"]
+    assert 0.6 < quickstart["accuracy"] < 0.7
+    assert (tmp_path / "eval-easyvqa.json").is_file()

@@ -1,7 +1,8 @@
 """`omnilm eval --benchmark easyvqa`: the quickstart's typed scoring as a benchmark of the runner.
 
-Rows come from the easy-vqa package: the quickstart's fixed sample of test questions (1000,
-seeded by evaluation.EVAL_SEED), or a local copy with --data in the same row schema: id,
+The quickstart scores its typed questions through it (evaluation.typed_scored). Rows come from
+the easy-vqa package: the quickstart's fixed sample of test questions (1000, seeded by
+evaluation.EVAL_SEED), or a local copy with --data in the same row schema: id,
 question, answer, image (a path, or an image cell as `datasets` stores it), type (yes/no, color,
 shape). The prompt is the image-first layout, the reply's last line is the answer (the
 quickstart's model first describes the image), scored by VQA exact match, overall and per type,
@@ -15,12 +16,18 @@ from omnilm.eval.benchmarks.media import column, image_of
 from omnilm.eval.benchmarks.spec import Benchmark, Item
 from omnilm.eval.metrics import accuracy_by_group, vqa_accuracy
 from omnilm.eval.runner import last_line
-from omnilm.tasks.easyvqa.data import LAYOUTS, load_easyvqa, sample_items
-from omnilm.tasks.easyvqa.evaluation import EVAL_SEED, REPLY_TOKENS
+from omnilm.tasks.easyvqa.data import LAYOUTS
+from omnilm.tasks.easyvqa.evaluation import REPLY_TOKENS
 from omnilm.tasks.easyvqa.quickstart import FULL
 from omnilm.tasks.easyvqa.report import QTYPES
 
 TYPED_IMAGE_FIRST = LAYOUTS["image-first"][0]
+
+
+def rows_of(samples: list[Sample]) -> list[dict]:
+    """The quickstart's typed questions (omnilm.tasks.easyvqa.evaluation.eval_samples) as rows."""
+    return [{"id": s.id, "question": s.meta["question"], "answer": s.meta["answer"], "image": str(s.images[0]),
+             "type": s.meta["qtype"]} for s in samples]
 
 
 class EasyVQA(Benchmark):
@@ -31,8 +38,9 @@ class EasyVQA(Benchmark):
     max_new_tokens = REPLY_TOKENS
 
     def local_rows(self):
-        for it in sample_items(load_easyvqa("test"), FULL.questions, EVAL_SEED):
-            yield {"id": it.id, "question": it.question, "answer": it.answer, "image": str(it.image), "type": it.qtype}
+        from omnilm.tasks.easyvqa.evaluation import eval_samples
+
+        return rows_of(eval_samples(FULL.questions))
 
     def items(self, rows):
         for row in rows:

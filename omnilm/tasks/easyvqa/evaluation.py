@@ -13,7 +13,7 @@ from omnilm.core.sample import AUDIO_TOKEN, Message, Sample
 from omnilm.data.sources import load_samples
 from omnilm.eval.runner import evaluate, generate_texts, split_prompt
 from omnilm.model.saved import load_pretrained
-from omnilm.tasks.easyvqa.report import scores
+from omnilm.tasks.easyvqa.report import QTYPES, scores
 
 EVAL_SEED = 0  # the fixed test sample: the same whatever --seed trains with
 LAYOUT_KEYS = {"image-first": "typed", "question-first": "typed_question_first"}  # results.json keys
@@ -22,6 +22,7 @@ LAYOUT_CHECK = EVAL_BATCH  # question-first prompts checked against their image-
 # The longest reply, "teal triangle\ntriangle: yes\nyes", is 10 tokens; its last line is whole
 # without the end token.
 REPLY_TOKENS = 10
+TYPED_RESULTS = "eval-easyvqa.json"  # the benchmark runner's JSON, in the stage-2 run folder
 
 
 def eval_samples(questions: int, spoken_voice: str | None = None, layout: str = "image-first"):
@@ -42,7 +43,7 @@ def evaluate_typed(run_dir: Path, image_first: list[Sample], question_first: lis
     """The image-first layout scored in full; the question-first one checked against it on its
     first batch (data.media_first makes both one prompt, so scoring both would double the work)."""
     model, processor = load_pretrained(run_dir)
-    typed = _scored(model, processor, image_first, "typed questions: image first")
+    typed = typed_scored(model, processor, image_first, run_dir / TYPED_RESULTS)
     return {"typed": typed, "typed_question_first": layouts_agree(model, processor, question_first, image_first,
                                                                   typed["predictions"])}
 
@@ -60,6 +61,20 @@ def layouts_agree(model, processor, other: list[Sample], scored: list[Sample], p
     return {"checked": len(pairs), "of": len(other), "same_prompts": sum(same_prompts),
             "same_replies": sum(same_replies),
             "identical": sum(p and r for p, r in zip(same_prompts, same_replies)) / len(pairs)}
+
+
+def typed_scored(model, processor, samples: list[Sample], out: Path) -> dict:
+    """Typed questions through the benchmark runner (`omnilm eval --benchmark easyvqa`), which
+    writes `out`; nothing is resumed, as the model is new each time the quickstart runs."""
+    from omnilm.eval.benchmark_runner import predictions_path, run_benchmark
+    from omnilm.tasks.easyvqa.benchmark import EasyVQA, rows_of
+
+    predictions_path(out).unlink(missing_ok=True)
+    result = run_benchmark(EasyVQA(), model, processor, rows_of(samples), out, batch_size=EVAL_BATCH)
+    by_type = {g: {"accuracy": result.scores[g]} for g in QTYPES if g in result.scores}
+    predictions = [{"id": r["id"], "prediction": r["prediction"], "reference": r["target"],
+                    "group": r["meta"]["qtype"], "reply": r["reply"]} for r in result.predictions]
+    return scores(result.scores["accuracy"], by_type, result.count) | {"predictions": predictions}
 
 
 def _scored(model, processor, samples: list[Sample], desc: str) -> dict:
