@@ -34,6 +34,8 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # auto: bf16 on GPU, 
 Quantization = Literal["none", "nf4"]  # nf4: a QLoRA base
 AudioRoute = Literal["auto", "native", "transcribe"]
 MixedPrecision = Literal["auto", "no", "bf16", "fp16"]  # auto: bf16 on GPU, no on CPU
+# none: one view at the tower's size; anyres: LLaVA-NeXT's grid + overview; split: tiles + a global view
+Tiling = Literal["none", "anyres", "split"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,11 @@ class EncoderConfig:
     pool_grid: Optional[int] = bounded(None, ge=1)  # efficientnet_lite0: average-pool the feature grid to N x N
     stack_frames: int = bounded(8, ge=1)  # audio: consecutive encoder frames stacked into one token
     max_seconds: float = bounded(120.0, gt=0)  # audio: longer inputs are rejected
+    tiling: Tiling = "none"  # clip/siglip: how an image is cut into tower-sized tiles (omnilm.model.tiling)
+    # anyres: the grid sizes [height, width] in pixels to choose from, each a multiple of the tower's
+    # image size (default: LLaVA-NeXT's 1x2, 2x1, 2x2, 3x1 and 1x3 tiles)
+    grid_pinpoints: Optional[list[list[int]]] = None
+    max_tiles: Optional[int] = bounded(None, ge=1)  # split: at most this many tiles besides the global view (default 4)
     # token appended after each item's features (seed: 23893); must be in the LLM's vocabulary
     end_token_id: Optional[int] = bounded(None, ge=0)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
@@ -395,6 +402,22 @@ def check_encoder(enc: EncoderConfig, where: str) -> None:
         if option not in spec.options and getattr(enc, option) != getattr(defaults, option):
             users = ", ".join(name for name, s in ENCODERS.items() if option in s.options)
             raise ConfigError(f"{where}.{option}: for {users} encoders only, not {enc.type}")
+    check_tiling(enc, where)
+
+
+def check_tiling(enc: EncoderConfig, where: str) -> None:
+    """Each tiling's own settings, and none of another's; pinpoints against the tower's size are
+    checked where that size is known (omnilm.model.tiling.tiling_of)."""
+    if enc.grid_pinpoints is not None and enc.tiling != "anyres":
+        raise ConfigError(f"{where}.grid_pinpoints: only for tiling: anyres, not {enc.tiling}")
+    if enc.max_tiles is not None and enc.tiling != "split":
+        raise ConfigError(f"{where}.max_tiles: only for tiling: split, not {enc.tiling}")
+    for i, point in enumerate(enc.grid_pinpoints or ()):
+        if len(point) != 2 or any(side < 1 for side in point):
+            raise ConfigError(f"{where}.grid_pinpoints[{i}]: expected [height, width] in pixels, got {point!r}")
+    if enc.tiling != "none" and enc.projector.tokens_per_feature != 1:
+        raise ConfigError(f"{where}.projector.tokens_per_feature: must be 1 with tiling: {enc.tiling} "
+                          "(the tile layout places one token per feature)")
 
 
 def check_bounds(node, path: str = "") -> None:

@@ -49,11 +49,11 @@ ENCODERS = {
     "clip": EncoderSpec(
         "image", "the folder's AutoImageProcessor (CLIP: shortest edge to image_size, centre crop, normalize)",
         "(image_size / patch_size)^2 patch tokens, +1 with drop_cls: false", True, _TOWER, _TOWER_PREPROCESSOR,
-        options=("layer", "drop_cls", "image_size")),
+        options=("layer", "drop_cls", "image_size", "tiling", "grid_pinpoints", "max_tiles")),
     "siglip": EncoderSpec(
         "image", "the folder's AutoImageProcessor (SigLIP: resize to image_size x image_size, no crop)",
         "(image_size / patch_size)^2 patch tokens (SigLIP has no CLS token)", True, _TOWER, _TOWER_PREPROCESSOR,
-        options=("layer", "image_size")),
+        options=("layer", "image_size", "tiling", "grid_pinpoints", "max_tiles")),
     "efficientnet_lite0": EncoderSpec(
         "image", "shortest edge to image_size, centre crop, (x - 127) / 128 per channel",
         "ceil(image_size / 32)^2 grid cells, or pool_grid^2", False,

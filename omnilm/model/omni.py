@@ -21,6 +21,7 @@ from omnilm.errors import PlaceholderMismatch
 from omnilm.model.configuration import OmniConfig
 from omnilm.model.encoders import build_encoder
 from omnilm.model.projector import build_projector, project
+from omnilm.model.tiling import TiledProjector, TileLayout, Tiles, Tiling, tiling_of
 
 
 UNQUANTIZED = ("encoders", "projectors", "llm.lm_head")  # what QLoRA keeps out of 4-bit
@@ -62,6 +63,9 @@ class OmniLM(PreTrainedModel):
             projectors[modality] = build_projector(
                 settings.projector.type, self.encoders[modality].hidden_size, d_llm, settings.projector.hidden_size,
                 settings.projector.tokens_per_feature, ENCODERS[settings.type].stack(settings))
+            tiling = _tiling(config, settings, modality)
+            if tiling is not None:
+                projectors[modality] = TiledProjector(projectors[modality], TileLayout(tiling, d_llm))
         self.projectors = nn.ModuleDict(projectors)
         self.recipe = None  # the training recipe it came from, if known (provenance: exports copy it)
         self.inherited: set[str] = set()  # parameter names loaded from model.init_from (saved with each run)
@@ -134,14 +138,23 @@ class OmniLM(PreTrainedModel):
 
     def media_features(self, modality: str, media: list[torch.Tensor] | None, features: list[torch.Tensor] | None):
         """Raw inputs through the encoder (or precomputed encoder features) then the projector."""
+        tiled = isinstance(self.projectors[modality], TiledProjector)
+        if tiled and (features is not None or not all(isinstance(item, Tiles) for item in media)):
+            raise PlaceholderMismatch(f"{modality}: this model tiles its images; give them as the processor's "
+                                      "Tiles (precomputed features are not taken with tiling)")
         if features is None:
             encoder = self.encoders[modality]
             frozen = not any(p.requires_grad for p in encoder.parameters())
+            inputs = [tile for item in media for tile in item.pixels] if tiled else media  # every tile on its own
             with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-                features = encoder(media)  # list of [T_i, d_enc]
+                features = encoder(inputs)  # list of [T_i, d_enc]
         projector = self.projectors[modality]
         weight = next(projector.parameters())
-        return project(projector, [f.to(device=weight.device, dtype=weight.dtype) for f in features])  # [N, d_llm]
+        features = [f.to(device=weight.device, dtype=weight.dtype) for f in features]
+        if tiled:
+            per_image = torch.cat(features).split([len(item.pixels) * len(features[0]) for item in media])
+            return projector(list(per_image), [item.grid for item in media])  # [N, d_llm]
+        return project(projector, features)  # [N, d_llm]
 
     def embed(self, input_ids: torch.Tensor, media: dict | None = None, features: dict | None = None) -> torch.Tensor:
         """Token embeddings with every placeholder position replaced by a projected media feature."""
@@ -204,6 +217,14 @@ def _mark_initialized(part: nn.Module | None) -> None:
     post_init initializes only modules transformers has not marked as initialized."""
     for module in part.modules() if part is not None else ():
         module._is_hf_initialized = True
+
+
+def _tiling(config: OmniConfig, settings, modality: str) -> Tiling | None:
+    """The image encoder's tiling, with the tower's sizes from its saved config."""
+    tower = config.encoder_config(modality)
+    if settings.tiling == "none" or tower is None:
+        return None
+    return tiling_of(settings, tower.image_size, tower.patch_size)
 
 
 def _skeleton_recipe(config: OmniConfig, modality: str):

@@ -9,14 +9,15 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoConfig, AutoImageProcessor, WhisperConfig, WhisperFeatureExtractor
+from transformers import AutoConfig, AutoImageProcessor, LlavaNextImageProcessorPil, WhisperConfig, WhisperFeatureExtractor
 from transformers.utils import cached_file
 
 from omnilm.config import EncoderConfig
 from omnilm.data.images import CLIP_MEAN, CLIP_STD
 from omnilm.errors import ConfigError
 from omnilm.model.audio_features import window_frames
-from omnilm.model.image_processing import CenterCropImageProcessor
+from omnilm.model.image_processing import CenterCropImageProcessor, SplitImageProcessor
+from omnilm.model.tiling import Tiling, tiling_of
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 # config model_type -> whether its sequence starts with a CLS token (SigLIP's is patches only)
@@ -27,6 +28,7 @@ VISION_TOWER_TYPES = {"clip": True, "clip_vision_model": True, "siglip": False, 
 class MediaPreprocessor:
     part: object  # an image processor (ImageProcessingMixin) or a WhisperFeatureExtractor
     image_tokens: int | None = None  # feature vectors each image becomes (images: a fixed count)
+    tiling: object | None = None  # omnilm.model.tiling.Tiling: images cut into tiles, counted by their size
     audio_window_frames: int | None = None  # mel frames per encoder window (audio: counted per clip)
 
 
@@ -44,7 +46,24 @@ def vision_tower_preprocessor(cfg: EncoderConfig) -> MediaPreprocessor:
         part = AutoImageProcessor.from_pretrained(cfg.name_or_path, backend="pil")
     else:  # e.g. a tower omnilm saved from a random_config: normalization statistics only
         part = CenterCropImageProcessor(size, saved.get("image_mean", CLIP_MEAN), saved.get("image_std", CLIP_STD))
-    return MediaPreprocessor(part, image_tokens=tokens)
+    tiling = tiling_of(cfg, size, config.patch_size)
+    if tiling is None:
+        return MediaPreprocessor(part, image_tokens=tokens)
+    if tokens != tiling.side**2:
+        raise ConfigError(f"model.image.tiling {cfg.tiling}: needs drop_cls: true (the tile layout takes patch tokens only)")
+    return MediaPreprocessor(tiled_part(tiling, part), image_tokens=tokens, tiling=tiling)
+
+
+def tiled_part(tiling: Tiling, part):
+    """The image processor that cuts an image into `tiling`'s tiles, normalized as `part` does:
+    transformers' LLaVA-NeXT one for anyres (its resize and pad), omnilm's for split."""
+    mean, std = list(part.image_mean), list(part.image_std)
+    if tiling.kind == "split":
+        return SplitImageProcessor(tiling.tile_size, tiling.max_tiles, mean, std)
+    size = tiling.tile_size
+    return LlavaNextImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                      image_grid_pinpoints=[list(p) for p in tiling.grid_pinpoints],
+                                      image_mean=mean, image_std=std, resample=3)
 
 
 def _tower_config(cfg: EncoderConfig):

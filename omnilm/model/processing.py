@@ -24,11 +24,12 @@ from omnilm.data.markers import media_first
 from omnilm.errors import DataError, MediaError
 from omnilm.model.audio_features import encoder_frames, real_length_log_mel
 from omnilm.model.configuration import OmniConfig
-from omnilm.model.image_processing import CenterCropImageProcessor
+from omnilm.model.image_processing import CenterCropImageProcessor, SplitImageProcessor
+from omnilm.model.tiling import Tiles, Tiling, grid_of, token_count
 
 MEDIA_PARTS = {"image": "image_processor", "audio": "feature_extractor"}  # modality -> the part that reads it
 # Part classes a saved processor may name beyond transformers' own.
-OWN_PARTS = {CenterCropImageProcessor.__name__: CenterCropImageProcessor}
+OWN_PARTS = {part.__name__: part for part in (CenterCropImageProcessor, SplitImageProcessor)}
 
 
 class _HeldParts:
@@ -56,7 +57,7 @@ class OmniProcessor(ProcessorMixin):
                  audio_window_frames: int | None = None, stack_frames: dict | None = None,
                  tokens_per_feature: dict | None = None, audio_max_seconds: float = 120.0,
                  audio_route: str = "none", transcriber: dict | None = None, allow_special_tokens: bool = False,
-                 chat_template=None):
+                 tiling: dict | None = None, chat_template=None):
         # Set before ProcessorMixin's checks, which ask get_attributes what this instance holds.
         self.image_processor, self.feature_extractor = image_processor, feature_extractor
         parts = {"tokenizer": tokenizer, **{p: getattr(self, p) for p in MEDIA_PARTS.values() if getattr(self, p)}}
@@ -70,7 +71,9 @@ class OmniProcessor(ProcessorMixin):
         self.system = system
         self.media_first = media_first  # see DataConfig.media_first
         self.end_token_ids = dict(end_token_ids or {})
-        self.image_tokens = image_tokens  # feature vectors per image
+        self.image_tokens = image_tokens  # feature vectors per image (per tile when tiled)
+        self.tiling = tiling  # omnilm.model.tiling.Tiling's settings: images cut into tiles, counted by size
+        self._tiling = Tiling.from_dict(tiling) if tiling else None
         self.audio_window_frames = audio_window_frames  # mel frames per Whisper window
         self.stack_frames = dict(stack_frames or {})  # projectors that stack k encoder frames into one token
         self.tokens_per_feature = dict(tokens_per_feature or {})  # projectors that expand each feature
@@ -96,6 +99,7 @@ class OmniProcessor(ProcessorMixin):
                    media_first=recipe.data.media_first,
                    end_token_ids={m: cfg.end_token_id for m, cfg in encoders.items()},
                    image_tokens=image.image_tokens if image else None,
+                   tiling=image.tiling.as_dict() if image and image.tiling else None,
                    audio_window_frames=audio.audio_window_frames if audio else None,
                    stack_frames={m: ENCODERS[cfg.type].stack(cfg) for m, cfg in encoders.items()},
                    tokens_per_feature={m: cfg.projector.tokens_per_feature for m, cfg in encoders.items()},
@@ -135,12 +139,16 @@ class OmniProcessor(ProcessorMixin):
         """The part that preprocesses `modality` (None: the model takes no such input)."""
         return getattr(self, MEDIA_PARTS[modality])
 
-    def preprocess(self, modality: str, item) -> torch.Tensor:
-        """One read item -> encoder input: pixels [3, S, S] or a real-length log-mel [n_mels, F]."""
+    def preprocess(self, modality: str, item) -> torch.Tensor | Tiles:
+        """One read item -> encoder input: pixels [3, S, S], a tiled image's Tiles, or a
+        real-length log-mel [n_mels, F]."""
         part = self.media_part(modality)
         if isinstance(part, WhisperFeatureExtractor):
             return real_length_log_mel(part, item, self.audio_window_frames)
-        return part(item, return_tensors="pt")["pixel_values"][0]  # [3, S, S]
+        pixels = part(item, return_tensors="pt")["pixel_values"][0]  # [3, S, S], tiled: [n, 3, S, S]
+        if self._tiling is None:
+            return pixels
+        return Tiles(pixels, grid_of(self._tiling, item.height, item.width))
 
     def read(self, modality: str, item):
         return load_image(item) if modality == "image" else load_sample_audio(item, self.audio_max_seconds)
@@ -162,7 +170,9 @@ class OmniProcessor(ProcessorMixin):
         return media, features
 
     def feature_count(self, modality: str, inputs: torch.Tensor) -> int:
-        """How many feature vectors the encoder makes of one preprocessed input."""
+        """How many feature vectors (tiled: laid-out tokens) the model makes of one preprocessed input."""
+        if isinstance(inputs, Tiles):
+            return token_count(self._tiling, inputs.grid)
         return self.image_tokens if modality == "image" else encoder_frames(inputs.shape[-1])
 
     def token_counts(self, media: dict, features: dict) -> dict[str, list[int]]:
