@@ -132,7 +132,9 @@ def encoder_identity(enc_cfg) -> dict:
     """What decides the features: a cache made by anything else is stale."""
     return {"type": enc_cfg.type, "name_or_path": enc_cfg.name_or_path, "random_config": enc_cfg.random_config,
             "layer": enc_cfg.layer, "drop_cls": enc_cfg.drop_cls, "image_size": enc_cfg.image_size,
-            **({"pool_grid": enc_cfg.pool_grid} if enc_cfg.pool_grid else {})}  # old caches stay valid
+            **({"pool_grid": enc_cfg.pool_grid} if enc_cfg.pool_grid else {}),  # old caches stay valid
+            **({"tiling": enc_cfg.tiling, "grid_pinpoints": enc_cfg.grid_pinpoints, "max_tiles": enc_cfg.max_tiles}
+               if enc_cfg.tiling != "none" else {})}
 
 
 def open_recipe_cache(recipe) -> FeatureCache | None:
@@ -141,4 +143,7 @@ def open_recipe_cache(recipe) -> FeatureCache | None:
         return None
     if recipe.model.image is None:
         raise ConfigError("data.feature_cache is set but the model has no image encoder")
+    if recipe.model.image.tiling != "none":
+        raise ConfigError(f"data.feature_cache: not available with model.image.tiling: {recipe.model.image.tiling} "
+                          "yet (tiles are encoded each step); leave data.feature_cache unset")
     return FeatureCache.open(recipe.data.feature_cache, encoder_identity(recipe.model.image))

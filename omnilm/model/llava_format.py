@@ -85,8 +85,14 @@ def vision_choice(recipe, encoder) -> VisionChoice:
     return VisionChoice(image.layer, "full", 0)
 
 
+def image_projector(model) -> nn.Sequential:
+    """The image projector's linear -> GELU -> linear (without a tiled model's layout)."""
+    projector = model.projectors["image"]
+    return getattr(projector, "inner", projector)
+
+
 def check_projector_width(model) -> None:
-    first = model.projectors["image"][0]
+    first = image_projector(model)[0]
     d_llm = model.llm.get_input_embeddings().embedding_dim
     if first.out_features != d_llm:
         raise refuse("model.image.projector.hidden_size", f"{first.out_features}: LLaVA's projector is as wide "
@@ -202,20 +208,23 @@ def image_processor(processor):
                                  resample=3, image_mean=part.image_mean, image_std=part.image_std)
 
 
-def llava_config(llm, tower, choice: VisionChoice, image_token_id: int, tokens: int, dtype: torch.dtype):
+def llava_config(llm, tower, choice: VisionChoice, image_token_id: int, tokens: int, dtype: torch.dtype,
+                 config_class=None, **extra):
+    """A LlavaConfig, or `config_class` (LlavaNextConfig) with its `extra` fields."""
     from transformers import LlavaConfig
 
+    config_class = config_class or LlavaConfig
     vision = copy.deepcopy(tower.config)
     if vision.model_type.startswith("siglip"):
         vision.vision_use_head = False  # LLaVA reads hidden states; the pooling head is never used
     text = copy.deepcopy(llm.config)
     text.architectures = [type(llm).__name__]  # vLLM builds the LLM from this
-    config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=image_token_id,
-                         image_seq_length=tokens, projector_hidden_act="gelu",
-                         vision_feature_select_strategy=choice.select_strategy,
-                         vision_feature_layer=choice.feature_layer, multimodal_projector_bias=True,
-                         tie_word_embeddings=bool(llm.config.tie_word_embeddings))
-    config.architectures = ["LlavaForConditionalGeneration"]
+    config = config_class(vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=image_token_id,
+                          image_seq_length=tokens, projector_hidden_act="gelu",
+                          vision_feature_select_strategy=choice.select_strategy,
+                          vision_feature_layer=choice.feature_layer, multimodal_projector_bias=True,
+                          tie_word_embeddings=bool(llm.config.tie_word_embeddings), **extra)
+    config.architectures = [config_class.__name__.removesuffix("Config") + "ForConditionalGeneration"]
     config.dtype = dtype
     return config
 
@@ -240,11 +249,41 @@ def export_llava(model, processor, out, dtype: torch.dtype | None = None, card=N
                  keep_lm_head_bias: bool = False) -> Path:
     """Write `model` (LoRA merged, 4-bit dequantized) as a transformers LLaVA folder, or raise
     NotExpressible before anything is written. `card(folder)` writes the model card."""
-    from huggingface_hub import save_torch_state_dict
-    from transformers import GenerationConfig, LlavaProcessor
+    from transformers import LlavaProcessor
 
-    from omnilm.files import atomic_folder
-    from omnilm.model.checkpoint import nbytes
+    tiling = model.recipe.model.image.tiling if model.recipe.model.image is not None else "none"
+    if tiling == "anyres":
+        from omnilm.model.llava_next_format import export_llava_next
+
+        return export_llava_next(model, processor, out, dtype, card, keep_lm_head_bias)
+    if tiling != "none":
+        raise refuse("model.image.tiling", f"{tiling!r}: transformers' LLaVA models read one view or LLaVA-NeXT's "
+                     "anyres grid (split maps onto a GGUF idefics3 mmproj, which omnilm does not export yet)",
+                     "tiling: anyres (LlavaNextForConditionalGeneration) or none")
+    parts = llava_parts(model, processor, dtype, keep_lm_head_bias)
+    config = llava_config(parts.llm, parts.tower, parts.choice, parts.image_id, processor.image_tokens, parts.dtype)
+    llava_processor = LlavaProcessor(image_processor=image_processor(processor), **parts.processor_kwargs)
+    return write_folder(out, parts.state, config, parts.generation, llava_processor, card)
+
+
+@dataclass
+class LlavaParts:
+    """What every LLaVA-family export writes: the plain LLM with its added tokens, the tower,
+    the weights under llava-hf's names, generation settings and the processor's common arguments."""
+
+    llm: nn.Module
+    tower: nn.Module
+    choice: VisionChoice
+    image_id: int
+    dtype: torch.dtype
+    state: dict
+    generation: object
+    processor_kwargs: dict
+
+
+def llava_parts(model, processor, dtype: torch.dtype | None, keep_lm_head_bias: bool) -> LlavaParts:
+    """The checks and pieces shared by the LLaVA and LLaVA-NeXT exports (NotExpressible before any work)."""
+    from transformers import GenerationConfig
 
     encoder = model.encoders["image"] if "image" in model.encoders else None
     choice = vision_choice(model.recipe, encoder)
@@ -256,23 +295,30 @@ def export_llava(model, processor, out, dtype: torch.dtype | None = None, card=N
     tokenizer = copy.deepcopy(processor.tokenizer)
     image_id, end_text, new_ids = add_media_tokens(tokenizer, llm, model.recipe.model.image.end_token_id)
     tower = encoder.tower
-    tokens = processor.image_tokens
-    state = llava_state_dict(llm, tower, model.projectors["image"], llm_dtype)
-    config = llava_config(llm, tower, choice, image_id, tokens, llm_dtype)
+    state = llava_state_dict(llm, tower, image_projector(model), llm_dtype)
     generation = copy.deepcopy(llm.generation_config) if llm.generation_config is not None else GenerationConfig()
     if new_ids:
         generation.suppress_tokens = new_ids  # rows with no trained output: never generate them
-    llava_processor = LlavaProcessor(image_processor=image_processor(processor), tokenizer=tokenizer,
-                                     patch_size=tower.config.patch_size,
-                                     vision_feature_select_strategy=choice.select_strategy,
-                                     chat_template=chat_template(processor, end_text), image_token=IMAGE_TOKEN,
-                                     num_additional_image_tokens=choice.additional_tokens)
+    kwargs = {"tokenizer": tokenizer, "patch_size": tower.config.patch_size,
+              "vision_feature_select_strategy": choice.select_strategy,
+              "chat_template": chat_template(processor, end_text), "image_token": IMAGE_TOKEN,
+              "num_additional_image_tokens": choice.additional_tokens}
+    return LlavaParts(llm, tower, choice, image_id, llm_dtype, state, generation, kwargs)
+
+
+def write_folder(out, state: dict, config, generation, hf_processor, card=None) -> Path:
+    """Weights, config, generation settings, processor and card, written whole or not at all."""
+    from huggingface_hub import save_torch_state_dict
+
+    from omnilm.files import atomic_folder
+    from omnilm.model.checkpoint import nbytes
+
     out = Path(out)
     with atomic_folder(out, nbytes(state)) as tmp:
         save_torch_state_dict(state, tmp, metadata={"format": "pt"})
         config.save_pretrained(tmp)
         generation.save_pretrained(tmp)
-        llava_processor.save_pretrained(tmp)
+        hf_processor.save_pretrained(tmp)
         if card is not None:
             card(tmp)
         shutil.rmtree(out, ignore_errors=True)  # the new folder replaces it whole

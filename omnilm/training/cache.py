@@ -17,6 +17,9 @@ def cache_features(recipe: Recipe, out: str | None = None, batch_size: int = 32,
     enc_cfg = recipe.model.image
     if enc_cfg is None:
         raise ConfigError("cache-features needs model.image in the recipe")
+    if enc_cfg.tiling != "none":
+        raise ConfigError(f"cache-features: not available with model.image.tiling: {enc_cfg.tiling} yet "
+                          "(training encodes the tiles each step)")
     folder = out or recipe.data.feature_cache
     if not folder:
         raise ConfigError("give --out or set data.feature_cache in the recipe")
