@@ -202,7 +202,8 @@ def cmd_export(args) -> None:
     out = export(*load_pretrained(args.model), args.out, args.format, dtype, source=args.model,
                  keep_lm_head_bias=args.keep_lm_head_bias)
     if args.format == "llava":
-        print(f"exported -> {out} (LlavaForConditionalGeneration + AutoProcessor; `vllm serve {out}`)")
+        print(f"exported -> {out} (LlavaForConditionalGeneration, or LlavaNext... with tiling: anyres, + AutoProcessor; "
+              f"`vllm serve {out}`)")
     else:
         print(f"exported -> {out} (OmniLM.from_pretrained + OmniProcessor.from_pretrained, or `omnilm chat --model {out}`)")
     if args.push_to_hub:
@@ -298,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=CHOICES["model.llm.dtype"])
     # model/export.py FORMATS, restated: importing it loads torch (tests/test_cli_choices.py holds them equal)
     p.add_argument("--format", default="omnilm", choices=["omnilm", "llava"],
-                   help="llava: a transformers LlavaForConditionalGeneration folder (vLLM, SGLang, TGI serve it)")
+                   help="llava: a transformers LlavaForConditionalGeneration folder (LlavaNext... with tiling: "
+                        "anyres; vLLM, SGLang, TGI serve it)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hugging Face hub repo")
     p.add_argument("--keep-lm-head-bias", action="store_true",
                    help="llava: write the LLM's LM-head bias (Phi) that vLLM applies and transformers' LLaVA ignores")

@@ -252,14 +252,10 @@ def export_llava(model, processor, out, dtype: torch.dtype | None = None, card=N
     from transformers import LlavaProcessor
 
     tiling = model.recipe.model.image.tiling if model.recipe.model.image is not None else "none"
-    if tiling == "anyres":
-        from omnilm.model.llava_next_format import export_llava_next
-
-        return export_llava_next(model, processor, out, dtype, card, keep_lm_head_bias)
     if tiling != "none":
-        raise refuse("model.image.tiling", f"{tiling!r}: transformers' LLaVA models read one view or LLaVA-NeXT's "
-                     "anyres grid (split maps onto a GGUF idefics3 mmproj, which omnilm does not export yet)",
-                     "tiling: anyres (LlavaNextForConditionalGeneration) or none")
+        raise refuse("model.image.tiling", f"{tiling!r}: LLaVA reads one view; anyres is LLaVA-NeXT's layout "
+                     "(omnilm.model.llava_next_format) and split maps onto a GGUF idefics3 mmproj, which omnilm "
+                     "does not export yet", "tiling: anyres (LlavaNextForConditionalGeneration) or none")
     parts = llava_parts(model, processor, dtype, keep_lm_head_bias)
     config = llava_config(parts.llm, parts.tower, parts.choice, parts.image_id, processor.image_tokens, parts.dtype)
     llava_processor = LlavaProcessor(image_processor=image_processor(processor), **parts.processor_kwargs)
