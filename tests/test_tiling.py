@@ -20,7 +20,7 @@ from omnilm.model.build import build_model, materialize_random
 from omnilm.model.export import export
 from omnilm.model.processing import OmniProcessor
 from omnilm.model.saved import load_pretrained
-from omnilm.model.tiling import Tiles, Tiling, grid_of, tiling_of, token_count
+from omnilm.model.tiling import Tiles, Tiling, grid_of, max_tokens, most_tiles, tile_count, tiling_of, token_count
 from omnilm.model.tokenizer import byte_tokenizer
 from tests.conftest import CONFIGS
 from tests.test_export_llava import omnilm_outputs, tiny_run
@@ -227,3 +227,24 @@ def test_split_export_to_llava_is_refused_naming_the_missing_gguf_export(tmp_pat
     run = tiny_run(tmp_path / "run", image={"tiling": "split"})
     with pytest.raises(Exception, match="split maps onto a GGUF idefics3 mmproj, which omnilm does not export yet"):
         export(*load_pretrained(run), tmp_path / "out", "llava")
+
+
+@pytest.mark.parametrize("tiling", [tiling_of(EncoderConfig(tiling="anyres"), 336, 14),
+                                    tiling_of(EncoderConfig(tiling="anyres", grid_pinpoints=PINPOINTS["wide"]), 336, 14),
+                                    Tiling("split", 224, 14, max_tiles=6)], ids=["anyres", "anyres-wide", "split"])
+def test_max_tokens_bounds_every_size_and_is_reached(tiling):
+    sizes = SIZES + [(h, w) for h in range(10, 1400, 97) for w in range(10, 1400, 89)]
+    counts = [token_count(tiling, grid_of(tiling, h, w)) for h, w in sizes]
+    assert max(counts) == max_tokens(tiling)
+    assert max(tile_count(grid_of(tiling, h, w)) for h, w in sizes) == most_tiles(tiling)
+
+
+def test_packing_counts_a_tiled_samples_real_length(tmp_path):
+    _, processor = tiny_model(tmp_path, "anyres")
+    items = [processor(caption(Image.new("RGB", size))) for size in IMAGES]
+    batch = collate(items, pad_id=0, pack_to=256)
+    assert int((batch.input_ids == PLACEHOLDER_IDS["image"]).sum()) == sum(
+        token_count(processor._tiling, t.media["image"][0].grid) for t in items)
+    # rows hold the samples' whole lengths (text + every tile token), nothing cut
+    assert int((batch.input_ids != 0).sum()) == sum(len(t.input_ids) for t in items)
+    assert batch.input_ids.shape[0] < len(items)  # several samples shared a row

@@ -115,6 +115,21 @@ def token_count(tiling: Tiling, grid: TileGrid) -> int:
     return (grid.rows * grid.cols + 1) * (per_tile + 1)  # a marker before each tile and the global view
 
 
+def max_tokens(tiling: Tiling) -> int:
+    """The most LLM tokens any image can become: the largest grid, unpadded."""
+    if tiling.kind == "split":
+        return (tiling.max_tiles + 1) * (tiling.side**2 + 1)
+    grids = [(h // tiling.tile_size * tiling.side, w // tiling.tile_size * tiling.side) for h, w in tiling.grid_pinpoints]
+    return tiling.side**2 + max(rows * (cols + 1) for rows, cols in grids)
+
+
+def most_tiles(tiling: Tiling) -> int:
+    """The most tower inputs any image can become, the overview or global view included."""
+    if tiling.kind == "split":
+        return tiling.max_tiles + 1
+    return 1 + max(h * w // tiling.tile_size**2 for h, w in tiling.grid_pinpoints)
+
+
 def tile_count(grid: TileGrid) -> int:
     """Tower inputs of one image: its tiles and the overview / global view."""
     return grid.rows * grid.cols + 1

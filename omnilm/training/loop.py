@@ -49,6 +49,24 @@ class RunResult:
     losses: list = field(default_factory=list)
 
 
+
+
+def log_tiling(processor, max_length: int) -> None:
+    """With tiling an image's tokens grow with its size; the memory estimate counts max_length
+    tokens a row whatever fills them, so say how many one image can take."""
+    from omnilm.model.tiling import max_tokens, most_tiles
+
+    tiling = getattr(processor, "_tiling", None)
+    if tiling is None:
+        return
+    most = max_tokens(tiling)
+    log.info("image tiling %s: up to %d tiles and %d tokens per image, within data.max_length=%d",
+             tiling.kind, most_tiles(tiling), most, max_length)
+    if most >= max_length:
+        log.warning("an image can take %d tokens, data.max_length is %d: larger images will be refused; "
+                    "raise data.max_length or offer the tiling smaller grids", most, max_length)
+
+
 def mixed_precision(name: str) -> str:
     if name != "auto":
         return name
@@ -127,6 +145,7 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks) -> RunRes
                                        strategy=strategy_of(accelerator), processes=accelerator.num_processes,
                                        gradient_checkpointing=cfg.gradient_checkpointing,
                                        activation_bytes=2 if accelerator.mixed_precision in ("bf16", "fp16") else None))
+        log_tiling(processor, recipe.data.max_length)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = lr_schedule(optimizer, cfg.warmup_steps, total_steps)
     shard_units(model)
