@@ -248,3 +248,20 @@ def test_packing_counts_a_tiled_samples_real_length(tmp_path):
     # rows hold the samples' whole lengths (text + every tile token), nothing cut
     assert int((batch.input_ids != 0).sum()) == sum(len(t.input_ids) for t in items)
     assert batch.input_ids.shape[0] < len(items)  # several samples shared a row
+
+
+@pytest.mark.parametrize("tiling", ["anyres", "split"])
+def test_the_training_loop_runs_and_saves_a_tiled_model_that_loads(tiny_data, tmp_path, tiling, caplog):
+    from omnilm.training.loop import train
+    from tests.conftest import tiny_recipe
+
+    recipe = tiny_recipe(tiny_data, tmp_path, model={"image": {"tiling": tiling, "projector": {"type": "resblock"}}},
+                         data={"max_length": 256, "limit": 8}, train={"max_steps": 2, "batch_size": 4})
+    with caplog.at_level("INFO", logger="omnilm.training"):
+        result = train(recipe, progress=False)
+    assert f"image tiling {tiling}: up to" in caplog.text
+    model, processor = load_pretrained(result.run_dir)
+    assert processor._tiling.kind == tiling
+    image = draw_shape("green", "square", size=80, seed=4)
+    _, logits, tokens = omnilm_outputs(model, processor, image, "What?")
+    assert torch.isfinite(logits).all() and len(tokens) > 0
