@@ -8,6 +8,10 @@ units of the LLM's width (h) and MLP width (f), plus the LM head's logits at the
 positions: the factors below were fitted to peaks measured on Phi layers (tests/test_memory.py
 holds the estimate to 25 % of a measured peak); other layer types (Llama's gated SiLU MLP) keep
 somewhat different amounts, so take the figure as a guide, not a guarantee.
+
+Media tokens are among the `seq_len` tokens of a row: with `model.image.tiling` an image's tile
+tokens too (the loop logs the most one image can take beside this estimate). The frozen
+encoder's forward over them keeps nothing for backward and is freed before the LLM runs.
 """
 from __future__ import annotations
 
