@@ -13,14 +13,14 @@ from transformers.image_processing_utils import select_best_resolution
 from omnilm.config import EncoderConfig, load_recipe
 from omnilm.core.sample import PLACEHOLDER_IDS, Message, Sample
 from omnilm.data.collate import collate
-from omnilm.data.feature_cache import encoder_identity, open_recipe_cache
+from omnilm.data.feature_cache import encoder_identity
 from omnilm.data.fixtures import draw_shape
 from omnilm.errors import ConfigError
 from omnilm.model.build import build_model, materialize_random
 from omnilm.model.export import export
 from omnilm.model.processing import OmniProcessor
 from omnilm.model.saved import load_pretrained
-from omnilm.model.tiling import Tiles, Tiling, grid_of, max_tokens, most_tiles, tile_count, tiling_of, token_count
+from omnilm.model.tiling import Tiles, Tiling, grid_of, max_tokens, most_tiles, tiling_of, token_count
 from omnilm.model.tokenizer import byte_tokenizer
 from tests.conftest import CONFIGS
 from tests.test_export_llava import omnilm_outputs, tiny_run
@@ -151,16 +151,53 @@ def test_the_processor_saves_and_loads_its_tiling(tmp_path):
     assert torch.equal(loaded(caption(image)).media["image"][0].pixels, processor(caption(image)).media["image"][0].pixels)
 
 
-def test_the_cache_identity_differs_by_tiling_and_tiled_caches_are_refused(tmp_path):
+def test_the_cache_identity_differs_by_tiling(tmp_path):
     identities = [encoder_identity(EncoderConfig(tiling="none")), encoder_identity(EncoderConfig(tiling="anyres")),
                   encoder_identity(EncoderConfig(tiling="split")),
-                  encoder_identity(EncoderConfig(tiling="split", max_tiles=9))]
-    assert len({repr(i) for i in identities}) == 4
+                  encoder_identity(EncoderConfig(tiling="split", max_tiles=9)),
+                  encoder_identity(EncoderConfig(tiling="anyres", grid_pinpoints=[[32, 64], [64, 32]]))]
+    assert len({repr(i) for i in identities}) == len(identities)
     assert identities[0] == encoder_identity(EncoderConfig())  # caches made before tiling stay valid
-    recipe = load_recipe(CONFIGS / "tiny-stage1.yaml", {"model": {"image": {"tiling": "split"}},
-                                                        "data": {"feature_cache": str(tmp_path)}})
-    with pytest.raises(ConfigError, match="data.feature_cache.*tiling"):
-        open_recipe_cache(recipe)
+
+
+@pytest.mark.parametrize("tiling", ["anyres", "split"])
+def test_cached_tile_features_give_what_the_tiles_give_and_train(tiny_data, tmp_path, tiling):
+    from omnilm.data.feature_cache import FeatureCache, media_key
+    from omnilm.training.cache import cache_features
+    from omnilm.training.loop import train
+    from tests.conftest import tiny_recipe
+
+    sections = dict(model={"image": {"tiling": tiling}}, data={"max_length": 256, "limit": 8},
+                    train={"max_steps": 2, "batch_size": 4})
+    recipe = tiny_recipe(tiny_data, tmp_path, **sections)
+    images = [Image.new("RGB", (64, 40), "red"), draw_shape("blue", "circle", size=90, seed=5)]
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(tmp_path / f"{i}.png")
+        image.save(paths[-1])
+    cache = cache_features(recipe, out=str(tmp_path / "cache"), progress=False, images=[str(p) for p in paths])
+    reopened = FeatureCache.open(tmp_path / "cache", encoder_identity(recipe.model.image))
+    model, processor = build_model(materialize_random(recipe, tmp_path / "run" / "base"))
+    for path in paths:
+        cached = reopened.get(media_key(str(path)))
+        sample = Sample([Message("user", "<image>"), Message("assistant", "red")], images=[str(path)])
+        from_pixels, from_cache = processor(sample), processor(sample, features={"image": [cached]})
+        assert torch.equal(from_pixels.input_ids, from_cache.input_ids)
+        assert cached.features.shape[0] == from_pixels.media["image"][0].grid.views
+        with torch.no_grad():
+            a = model.embed(from_pixels.input_ids[None], media=from_pixels.media)
+            b = model.embed(from_cache.input_ids[None], features=from_cache.features)
+        assert (a - b).abs().max() < 2e-2  # the cache stores float16
+    assert len(cache) == len(paths)
+    with pytest.raises(Exception, match="made by encoder"):
+        FeatureCache.open(tmp_path / "cache", encoder_identity(EncoderConfig(**{**recipe.model.image.__dict__,
+                                                                                "tiling": "none",
+                                                                                "max_tiles": None,
+                                                                                "grid_pinpoints": None})))
+    cached_run = tiny_recipe(tiny_data, tmp_path / "cached", **sections)
+    cache_features(cached_run, out=str(tmp_path / "train-cache"), progress=False)
+    cached_run.data.feature_cache = str(tmp_path / "train-cache")
+    assert train(cached_run, progress=False).state.step == 2
 
 
 @pytest.mark.parametrize("image, message", [
@@ -236,7 +273,7 @@ def test_max_tokens_bounds_every_size_and_is_reached(tiling):
     sizes = SIZES + [(h, w) for h in range(10, 1400, 97) for w in range(10, 1400, 89)]
     counts = [token_count(tiling, grid_of(tiling, h, w)) for h, w in sizes]
     assert max(counts) == max_tokens(tiling)
-    assert max(tile_count(grid_of(tiling, h, w)) for h, w in sizes) == most_tiles(tiling)
+    assert max(grid_of(tiling, h, w).views for h, w in sizes) == most_tiles(tiling)
 
 
 def test_packing_counts_a_tiled_samples_real_length(tmp_path):

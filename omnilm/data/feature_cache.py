@@ -1,10 +1,13 @@
 """Precomputed features of a frozen encoder, so training skips running it every step.
 
 Layout of a cache folder: features.npy ([N, T, D] float16, memory-mapped), index.json
-(item key -> row), meta.json (which encoder made them; a mismatch is refused, not ignored).
+(item key -> row), meta.json (which encoder made them, tiling settings included; a mismatch is
+refused, not ignored). A tiling encoder's cache has a row per view (tile, overview or global
+view), index.json points at an image's first, and grids.json holds each image's TileGrid.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -14,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from omnilm.core.tiles import TileFeatures, TileGrid, Tiles
 from omnilm.data.rows import LOGGED_SKIPS
 from omnilm.errors import ConfigError, DataError, OmniError
 from omnilm.files import atomic_folder, recover
@@ -30,8 +34,10 @@ def media_key(item) -> str:
 
 
 class FeatureCache:
-    def __init__(self, folder: Path, features: np.ndarray, index: dict[str, int], meta: dict):
+    def __init__(self, folder: Path, features: np.ndarray, index: dict[str, int], meta: dict,
+                 grids: dict[str, list[int]] | None = None):
         self.folder, self.features, self.index, self.meta = folder, features, index, meta
+        self.grids = grids  # tiled: item key -> its TileGrid's fields
 
     @classmethod
     def open(cls, folder, expected_meta: dict | None = None) -> "FeatureCache":
@@ -46,13 +52,17 @@ class FeatureCache:
                 f"{expected_meta}; rebuild it with `omnilm cache-features`"
             )
         index = json.loads((folder / "index.json").read_text())
-        return cls(folder, np.load(folder / "features.npy", mmap_mode="r"), index, meta)
+        grids = json.loads((folder / "grids.json").read_text()) if (folder / "grids.json").is_file() else None
+        return cls(folder, np.load(folder / "features.npy", mmap_mode="r"), index, meta, grids)
 
-    def get(self, key: str) -> torch.Tensor:
+    def get(self, key: str) -> torch.Tensor | TileFeatures:
         row = self.index.get(str(key))
         if row is None:
             raise DataError(f"{key} is not in the feature cache {self.folder}; rebuild it with `omnilm cache-features`")
-        return torch.from_numpy(np.array(self.features[row]))  # [T, D] float16
+        if self.grids is None:
+            return torch.from_numpy(np.array(self.features[row]))  # [T, D] float16
+        grid = TileGrid(*self.grids[str(key)])
+        return TileFeatures(torch.from_numpy(np.array(self.features[row:row + grid.views])), grid)  # [n, T, D]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -60,51 +70,66 @@ class FeatureCache:
 
 @torch.no_grad()
 def build_feature_cache(encoder, items: list[str], folder, encoder_meta: dict, prepare, batch_size: int = 32,
-                        skip_bad: bool = False, progress: bool = True) -> FeatureCache:
+                        skip_bad: bool = False, progress: bool = True, max_views: int = 1) -> FeatureCache:
     """Encode each distinct item once; written to a temporary folder and renamed when complete.
-    `prepare(item)` reads and preprocesses one item into the encoder's input (the processor's job)."""
+    `prepare(item)` reads and preprocesses one item into the encoder's input (the processor's job):
+    a tensor, or a tiled image's Tiles of at most `max_views` views, each cached in a row of its own."""
     folder = Path(folder)
     by_key = {media_key(i): i for i in items}
     keys = list(by_key)
     with atomic_folder(folder) as tmp:
-        _write_cache(encoder, by_key, keys, tmp, encoder_meta, prepare, batch_size, skip_bad, progress)
+        _write_cache(encoder, by_key, keys, tmp, encoder_meta, prepare, batch_size, skip_bad, progress, max_views)
     return FeatureCache.open(folder)
 
 
+def _views(prepared) -> tuple[list, TileGrid | None]:
+    """One prepared item's encoder inputs, and its grid when tiled."""
+    return (list(prepared.pixels), prepared.grid) if isinstance(prepared, Tiles) else ([prepared], None)
+
+
 def _write_cache(encoder, by_key: dict, keys: list[str], tmp: Path, encoder_meta: dict, prepare, batch_size: int,
-                 skip_bad: bool, progress: bool) -> None:
+                 skip_bad: bool, progress: bool, max_views: int) -> None:
     device = next(encoder.parameters()).device
     probe = _probe(encoder, by_key, prepare, device, skip_bad)  # [T, D]
     out = np.lib.format.open_memmap(tmp / "features.npy", mode="w+", dtype=np.float16,
-                                    shape=(len(keys), *probe.shape))
+                                    shape=(len(keys) * max_views, *probe.shape))
     index: dict[str, int] = {}
-    skipped = 0
+    grids: dict[str, list[int]] = {}
+    rows = skipped = 0
     bar = tqdm(total=len(keys), desc="caching features", unit="img", disable=not progress)
     for start in range(0, len(keys), batch_size):
         inputs, names = [], []
         for key in keys[start:start + batch_size]:
             try:
-                inputs.append(prepare(by_key[key]).to(device))
-                names.append(key)
+                views, grid = _views(prepare(by_key[key]))
             except DataError as err:
                 if not skip_bad:
                     raise
                 skipped += 1
                 if skipped <= LOGGED_SKIPS:
                     log.warning("not cached: %s", err)  # the error names the file
-        if inputs:
-            for key, feat in zip(names, encoder(inputs)):
-                index[key] = len(index)
-                out[index[key]] = feat.float().cpu().numpy()
+                continue
+            inputs.extend(view.to(device) for view in views)
+            names.append((key, len(views), grid))
+        features = iter(encoder(inputs) if inputs else ())
+        for key, count, grid in names:
+            index[key] = rows
+            if grid is not None:
+                grids[key] = list(dataclasses.astuple(grid))
+            for _ in range(count):
+                out[rows] = next(features).float().cpu().numpy()
+                rows += 1
         bar.update(len(keys[start:start + batch_size]))
     bar.close()
     if skipped:
         log.warning("%d of %d images were unreadable and not cached (data.skip_bad=true)", skipped, len(keys))
     out.flush()
     del out
-    if len(index) < len(keys):  # keep the file dense: rows beyond the last kept one are unused
-        _truncate(tmp / "features.npy", len(index))
+    if rows < len(keys) * max_views:  # keep the file dense: rows beyond the last written one are unused
+        _truncate(tmp / "features.npy", rows)
     (tmp / "index.json").write_text(json.dumps(index))
+    if grids:
+        (tmp / "grids.json").write_text(json.dumps(grids))
     (tmp / "meta.json").write_text(json.dumps({"encoder": encoder_meta, "count": len(index), "skipped": skipped,
                                                "shape": list(probe.shape)}, indent=2))
 
@@ -114,7 +139,7 @@ def _probe(encoder, by_key: dict, prepare, device, skip_bad: bool) -> torch.Tens
     counts and names the unreadable ones)."""
     for item in by_key.values():
         try:
-            return encoder([prepare(item).to(device)])[0]
+            return encoder([_views(prepare(item))[0][0].to(device)])[0]
         except DataError:
             if not skip_bad:
                 raise
@@ -143,7 +168,4 @@ def open_recipe_cache(recipe) -> FeatureCache | None:
         return None
     if recipe.model.image is None:
         raise ConfigError("data.feature_cache is set but the model has no image encoder")
-    if recipe.model.image.tiling != "none":
-        raise ConfigError(f"data.feature_cache: not available with model.image.tiling: {recipe.model.image.tiling} "
-                          "yet (tiles are encoded each step); leave data.feature_cache unset")
     return FeatureCache.open(recipe.data.feature_cache, encoder_identity(recipe.model.image))

@@ -21,7 +21,7 @@ from omnilm.errors import PlaceholderMismatch
 from omnilm.model.configuration import OmniConfig
 from omnilm.model.encoders import build_encoder
 from omnilm.model.projector import build_projector, project
-from omnilm.model.tiling import TiledProjector, TileLayout, Tiles, Tiling, tiling_of
+from omnilm.model.tiling import TiledProjector, TileFeatures, TileLayout, Tiles, Tiling, tiling_of
 
 
 UNQUANTIZED = ("encoders", "projectors", "llm.lm_head")  # what QLoRA keeps out of 4-bit
@@ -139,21 +139,25 @@ class OmniLM(PreTrainedModel):
     def media_features(self, modality: str, media: list[torch.Tensor] | None, features: list[torch.Tensor] | None):
         """Raw inputs through the encoder (or precomputed encoder features) then the projector."""
         tiled = isinstance(self.projectors[modality], TiledProjector)
-        if tiled and (features is not None or not all(isinstance(item, Tiles) for item in media)):
+        kind, items = (TileFeatures, features) if features is not None else (Tiles, media)
+        if tiled and not all(isinstance(item, kind) for item in items):
             raise PlaceholderMismatch(f"{modality}: this model tiles its images; give them as the processor's "
-                                      "Tiles (precomputed features are not taken with tiling)")
+                                      f"{kind.__name__} (omnilm.core.tiles)")
         if features is None:
             encoder = self.encoders[modality]
             frozen = not any(p.requires_grad for p in encoder.parameters())
-            inputs = [tile for item in media for tile in item.pixels] if tiled else media  # every tile on its own
+            inputs = [view for item in media for view in item.pixels] if tiled else media  # every tile on its own
             with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
                 features = encoder(inputs)  # list of [T_i, d_enc]
+            if tiled:
+                views = iter(features)
+                features = [TileFeatures(torch.stack([next(views) for _ in item.pixels]), item.grid) for item in media]
         projector = self.projectors[modality]
         weight = next(projector.parameters())
+        if tiled:  # each image's views [n, P, d_enc] as one list of features
+            flat = [f.features.flatten(0, 1).to(device=weight.device, dtype=weight.dtype) for f in features]
+            return projector(flat, [f.grid for f in features])  # [N, d_llm]
         features = [f.to(device=weight.device, dtype=weight.dtype) for f in features]
-        if tiled:
-            per_image = torch.cat(features).split([len(item.pixels) * len(features[0]) for item in media])
-            return projector(list(per_image), [item.grid for item in media])  # [N, d_llm]
         return project(projector, features)  # [N, d_llm]
 
     def embed(self, input_ids: torch.Tensor, media: dict | None = None, features: dict | None = None) -> torch.Tensor:

@@ -25,7 +25,7 @@ from omnilm.errors import DataError, MediaError
 from omnilm.model.audio_features import encoder_frames, real_length_log_mel
 from omnilm.model.configuration import OmniConfig
 from omnilm.model.image_processing import CenterCropImageProcessor, SplitImageProcessor
-from omnilm.model.tiling import Tiles, Tiling, grid_of, token_count
+from omnilm.model.tiling import TileFeatures, Tiles, Tiling, grid_of, token_count
 
 MEDIA_PARTS = {"image": "image_processor", "audio": "feature_extractor"}  # modality -> the part that reads it
 # Part classes a saved processor may name beyond transformers' own.
@@ -175,9 +175,15 @@ class OmniProcessor(ProcessorMixin):
             return token_count(self._tiling, inputs.grid)
         return self.image_tokens if modality == "image" else encoder_frames(inputs.shape[-1])
 
+    def cached_count(self, features) -> int:
+        """How many feature vectors (tiled: laid-out tokens) cached encoder features make."""
+        if isinstance(features, TileFeatures):
+            return token_count(self._tiling, features.grid)
+        return int(features.shape[0])
+
     def token_counts(self, media: dict, features: dict) -> dict[str, list[int]]:
         counts = {m: [self.feature_count(m, x) for x in xs] for m, xs in media.items()}
-        counts.update({m: [int(f.shape[0]) for f in fs] for m, fs in features.items()})
+        counts.update({m: [self.cached_count(f) for f in fs] for m, fs in features.items()})
         return {m: [llm_tokens(n, self.stack_frames.get(m, 1), self.tokens_per_feature.get(m, 1)) for n in ns]
                 for m, ns in counts.items()}
 

@@ -27,7 +27,11 @@ import torch
 from torch import nn
 from transformers.image_processing_utils import select_best_resolution
 
+from omnilm.core.tiles import TileFeatures, TileGrid, Tiles
 from omnilm.errors import ConfigError
+
+__all__ = ["Tiling", "TileGrid", "Tiles", "TileFeatures", "TileLayout", "TiledProjector", "tiling_of", "grid_of",
+           "token_count", "max_tokens", "most_tiles"]
 
 DEFAULT_MAX_TILES = 4
 ANYRES_GRIDS = ((1, 2), (2, 1), (2, 2), (3, 1), (1, 3))  # LLaVA-NeXT's default pinpoints, in tiles
@@ -50,19 +54,6 @@ class Tiling:
 
     def as_dict(self) -> dict:
         return {**asdict(self), "grid_pinpoints": [list(p) for p in self.grid_pinpoints]}
-
-
-@dataclass(frozen=True)
-class TileGrid:
-    """One image's tiles: `rows` x `cols` of them (0 x 0: the global view alone) and, for anyres,
-    the window of the joined feature grid that is the image rather than its padding."""
-
-    rows: int
-    cols: int
-    top: int = 0
-    kept_rows: int = 0
-    left: int = 0
-    kept_cols: int = 0
 
 
 def tiling_of(cfg, tile_size: int, patch_size: int) -> Tiling | None:
@@ -128,23 +119,6 @@ def most_tiles(tiling: Tiling) -> int:
     if tiling.kind == "split":
         return tiling.max_tiles + 1
     return 1 + max(h * w // tiling.tile_size**2 for h, w in tiling.grid_pinpoints)
-
-
-def tile_count(grid: TileGrid) -> int:
-    """Tower inputs of one image: its tiles and the overview / global view."""
-    return grid.rows * grid.cols + 1
-
-
-@dataclass
-class Tiles:
-    """One tiled image as encoder input: its tiles' pixels [n, 3, S, S] (anyres: overview first;
-    split: global view last) and its grid. Moves between devices like a tensor does in a Batch."""
-
-    pixels: torch.Tensor
-    grid: TileGrid
-
-    def to(self, *args, **kwargs) -> "Tiles":
-        return Tiles(self.pixels.to(*args, **kwargs), self.grid)
 
 
 class TileLayout(nn.Module):

@@ -9,6 +9,7 @@ from omnilm.data.sources import load_samples
 from omnilm.errors import ConfigError
 from omnilm.model.build import build_processor, resolve_dtype
 from omnilm.model.encoders import build_encoder
+from omnilm.model.tiling import most_tiles
 
 
 def cache_features(recipe: Recipe, out: str | None = None, batch_size: int = 32, progress: bool = True,
@@ -17,9 +18,6 @@ def cache_features(recipe: Recipe, out: str | None = None, batch_size: int = 32,
     enc_cfg = recipe.model.image
     if enc_cfg is None:
         raise ConfigError("cache-features needs model.image in the recipe")
-    if enc_cfg.tiling != "none":
-        raise ConfigError(f"cache-features: not available with model.image.tiling: {enc_cfg.tiling} yet "
-                          "(training encodes the tiles each step)")
     folder = out or recipe.data.feature_cache
     if not folder:
         raise ConfigError("give --out or set data.feature_cache in the recipe")
@@ -32,7 +30,9 @@ def cache_features(recipe: Recipe, out: str | None = None, batch_size: int = 32,
     processor = build_processor(recipe)  # the image preprocessing training uses
 
     def prepare(item):
-        return processor.preprocess("image", processor.read("image", item))  # [3, S, S]
+        return processor.preprocess("image", processor.read("image", item))  # [3, S, S], or a tiled image's Tiles
 
+    tiling = processor._tiling
     return build_feature_cache(encoder, images, folder, encoder_identity(enc_cfg), prepare,
-                               batch_size=batch_size, skip_bad=recipe.data.skip_bad, progress=progress)
+                               batch_size=batch_size, skip_bad=recipe.data.skip_bad, progress=progress,
+                               max_views=most_tiles(tiling) if tiling is not None else 1)
