@@ -61,7 +61,8 @@ class OmniLM(PreTrainedModel):
                 torch.manual_seed(seed)
             projectors[modality] = build_projector(
                 settings.projector.type, self.encoders[modality].hidden_size, d_llm, settings.projector.hidden_size,
-                settings.projector.tokens_per_feature, ENCODERS[settings.type].stack(settings))
+                settings.projector.tokens_per_feature, ENCODERS[settings.type].stack(settings),
+                settings.projector.pixel_shuffle)
         self.projectors = nn.ModuleDict(projectors)
         self.recipe = None  # the training recipe it came from, if known (provenance: exports copy it)
         self.inherited: set[str] = set()  # parameter names loaded from model.init_from (saved with each run)
