@@ -118,7 +118,8 @@ def test_the_cls_token_is_refused(tiny_data, tmp_path):
 
 @pytest.mark.parametrize("n", [0, 5])
 def test_only_1_to_4_are_accepted(tiny_data, tmp_path, n):
-    with pytest.raises(ConfigError, match=rf"model.image.projector.pixel_shuffle = {n}: must be an integer in \[1, 4\]"):
+    expected = rf"model.image.projector.pixel_shuffle = {n}: must be an integer in \[1, 4\]"
+    with pytest.raises(ConfigError, match=expected):
         shuffled_recipe(tiny_data, tmp_path, n=n)
 
 
