@@ -77,7 +77,8 @@ class OmniLM(PreTrainedModel):
                 torch.manual_seed(seed)
             projectors[modality] = build_projector(
                 settings.projector.type, self.encoders[modality].hidden_size, d_llm, settings.projector.hidden_size,
-                settings.projector.tokens_per_feature, ENCODERS[settings.type].stack(settings))
+                settings.projector.tokens_per_feature, ENCODERS[settings.type].stack(settings),
+                settings.projector.pixel_shuffle)
         return projectors
 
     @classmethod

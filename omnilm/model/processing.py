@@ -54,7 +54,7 @@ class OmniProcessor(ProcessorMixin):
                  max_length: int = 512, system: str | None = None, media_first: bool = False,
                  end_token_ids: dict | None = None, image_tokens: int | None = None,
                  audio_window_frames: int | None = None, stack_frames: dict | None = None,
-                 tokens_per_feature: dict | None = None, audio_max_seconds: float = 120.0,
+                 tokens_per_feature: dict | None = None, pixel_shuffle: dict | None = None, audio_max_seconds: float = 120.0,
                  audio_route: str = "none", transcriber: dict | None = None, allow_special_tokens: bool = False,
                  chat_template=None):
         # Set before ProcessorMixin's checks, which ask get_attributes what this instance holds.
@@ -74,6 +74,7 @@ class OmniProcessor(ProcessorMixin):
         self.audio_window_frames = audio_window_frames  # mel frames per Whisper window
         self.stack_frames = dict(stack_frames or {})  # projectors that stack k encoder frames into one token
         self.tokens_per_feature = dict(tokens_per_feature or {})  # projectors that expand each feature
+        self.pixel_shuffle = dict(pixel_shuffle or {})  # projectors that merge N x N patches into one token
         self.audio_max_seconds = audio_max_seconds
         self.audio_route = audio_route  # decided from the recipe (omnilm.audio.route.audio_route)
         self.transcriber = transcriber  # TranscriberConfig keys: the Whisper of the transcription route
@@ -99,6 +100,7 @@ class OmniProcessor(ProcessorMixin):
                    audio_window_frames=audio.audio_window_frames if audio else None,
                    stack_frames={m: ENCODERS[cfg.type].stack(cfg) for m, cfg in encoders.items()},
                    tokens_per_feature={m: cfg.projector.tokens_per_feature for m, cfg in encoders.items()},
+                   pixel_shuffle={m: cfg.projector.pixel_shuffle for m, cfg in encoders.items()},
                    audio_max_seconds=model.audio.max_seconds if model.audio is not None else 120.0,
                    audio_route=audio_route(model),
                    transcriber=dataclasses.asdict(model.transcriber) if model.transcriber is not None else None)
@@ -168,7 +170,8 @@ class OmniProcessor(ProcessorMixin):
     def token_counts(self, media: dict, features: dict) -> dict[str, list[int]]:
         counts = {m: [self.feature_count(m, x) for x in xs] for m, xs in media.items()}
         counts.update({m: [int(f.shape[0]) for f in fs] for m, fs in features.items()})
-        return {m: [llm_tokens(n, self.stack_frames.get(m, 1), self.tokens_per_feature.get(m, 1)) for n in ns]
+        return {m: [llm_tokens(n, self.stack_frames.get(m, 1), self.tokens_per_feature.get(m, 1),
+                               self.pixel_shuffle.get(m, 1)) for n in ns]
                 for m, ns in counts.items()}
 
     def messages(self, sample: Sample) -> list[Message]:
