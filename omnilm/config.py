@@ -72,6 +72,8 @@ class ProjectorConfig:
     type: ProjectorType = "resblock"
     hidden_size: Optional[int] = bounded(None, ge=1)  # inner width for mlp types; default = LLM width
     tokens_per_feature: int = bounded(1, ge=1)  # LLM tokens made from each encoder feature vector
+    # CLIP/SigLIP: N x N neighbouring patch tokens merged into one vector (N^2 times as wide) first
+    pixel_shuffle: int = bounded(1, ge=1, le=4)
 
 
 @dataclass
@@ -397,6 +399,10 @@ def check_encoder(enc: EncoderConfig, where: str) -> None:
     if spec.needs_weights and enc.name_or_path is None and enc.random_config is None:
         raise ConfigError(f"{where}.name_or_path: a {enc.type} encoder needs weights: set name_or_path "
                           "(a pretrained folder or hub id) or random_config (random init)")
+    if enc.projector.pixel_shuffle > 1 and not spec.patch_grid:
+        users = ", ".join(name for name, s in ENCODERS.items() if s.patch_grid)
+        raise ConfigError(f"{where}.projector.pixel_shuffle: for encoders with a square patch grid ({users}) "
+                          f"only, not {enc.type}")
     defaults = EncoderConfig()
     for option in TYPE_OPTIONS:
         if option not in spec.options and getattr(enc, option) != getattr(defaults, option):

@@ -298,3 +298,19 @@ def test_remote_images_only_when_allowed(engine):
             assert "HTTP 404" in err.value.body["message"]
     finally:
         images.shutdown()
+
+
+def test_several_images_in_one_turn_and_over_the_limit(client, server):
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    three = chat(client, [*(image_part(png_bytes(c)) for c in colours), {"type": "text", "text": "Which?"}])
+    one = chat(client, [image_part(), {"type": "text", "text": "Which?"}])
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens + 2 * 18  # 16 patches, end token, "\n" each
+    nine = {"model": MODEL, "max_tokens": 2, "messages": [
+        {"role": "user", "content": [image_part(png_bytes(colours[i % 3])) for i in range(5)]},
+        {"role": "assistant", "content": "five"},
+        {"role": "user", "content": [image_part() for _ in range(4)] + [{"type": "text", "text": "and?"}]}]}
+    refused = httpx.post(server + "/v1/chat/completions", json=nine, timeout=60)
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["code"] == "too_many_images" and error["param"] == "messages"
+    assert "9 images in the request (all turns together); the limit is 8 images per request" in error["message"]

@@ -302,3 +302,28 @@ def test_the_training_loop_runs_and_saves_a_tiled_model_that_loads(tiny_data, tm
     image = draw_shape("green", "square", size=80, seed=4)
     _, logits, tokens = omnilm_outputs(model, processor, image, "What?")
     assert torch.isfinite(logits).all() and len(tokens) > 0
+
+
+def test_pixel_shuffle_shrinks_each_tiles_grid_as_a_coarser_patch_would():
+    # N x N patches merged into one: the counts of a tower with N-times-larger patches
+    from omnilm.config import ProjectorConfig
+
+    tiling = tiling_of(EncoderConfig(tiling="anyres", projector=ProjectorConfig(pixel_shuffle=2)), 336, 14)
+    assert tiling.side == 12
+    assert [token_count(tiling, grid_of(tiling, h, w)) for h, w in SIZES] == transformers_counts(
+        336, 28, [list(p) for p in tiling.grid_pinpoints], SIZES)
+    split = tiling_of(EncoderConfig(tiling="split", projector=ProjectorConfig(pixel_shuffle=2)), 384, 16)
+    assert token_count(split, grid_of(split, 768, 768)) == 5 * (12 * 12 + 1)
+
+
+@pytest.mark.parametrize("tiling", ["anyres", "split"])
+def test_a_tiled_model_with_pixel_shuffle_lays_out_what_it_counts_and_trains(tmp_path, tiling):
+    model, processor = tiny_model(tmp_path, tiling, projector={"type": "resblock", "pixel_shuffle": 2})
+    encoded = [processor(caption(Image.new("RGB", size, "blue"))) for size in IMAGES]
+    batch = collate(encoded, pad_id=0)
+    loss = model(**batch.model_inputs()).loss  # PlaceholderMismatch if the layout's count differs
+    loss.backward()
+    assert model.projectors["image"].inner.inner.proj.weight.shape[1] == 32 * 4  # 2 x 2 patches side by side
+    # 100 x 100 px on 32 px tiles of 4 x 4 patches, 2 x 2 after the shuffle: a 2 x 2 grid either way
+    expected = {"anyres": 2 * 2 + 4 * (4 + 1), "split": 5 * (2 * 2 + 1)}[tiling]
+    assert int((encoded[3].input_ids < 0).sum()) == expected

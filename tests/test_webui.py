@@ -94,6 +94,38 @@ def test_upload_image_ask_and_see_the_answer(browser, ui_server, tmp_path):
     page.close()
 
 
+def test_several_uploads_go_in_one_turn_in_order(browser, ui_server, tmp_path):
+    from PIL import Image
+
+    url, engine = ui_server
+    pictures = []
+    for name, rgb in (("red", (220, 20, 20)), ("green", (20, 200, 20)), ("blue", (20, 20, 220))):
+        Image.new("RGB", (48, 48), rgb).save(tmp_path / f"{name}.png")
+        pictures.append(str(tmp_path / f"{name}.png"))
+    seen = []
+    stream = engine.stream
+    engine.stream = lambda sample, *a, **k: seen.append(sample) or stream(sample, *a, **k)  # what the model is sent
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url + "/ui/")
+        page.locator("#image-input input[type=file]").set_input_files(pictures[0])
+        page.locator("#image-input img").first.wait_for()
+        page.locator("#more-images input[type=file]").set_input_files(pictures[1:])
+        page.locator("#more-images tbody tr").nth(1).wait_for()  # both extra uploads are listed
+        page.locator("#message textarea").fill("Which colours?")
+        page.locator("#send").click()
+        page.locator("[data-testid=bot]").last.wait_for()
+        page.locator("[data-testid=user] img").nth(2).wait_for()  # all three images shown in the turn
+        page.close()
+    finally:
+        engine.stream = stream
+    (sample,) = seen
+    assert sample.messages[-1].content.count("<image>") == 3
+    colours = [image.getpixel((0, 0)) for image in sample.images]
+    assert colours == [(220, 20, 20), (20, 200, 20), (20, 20, 220)]  # the first input's, then the extras in order
+
+
 def test_empty_message_shows_an_error_not_a_crash(browser, ui_server):
     url, engine = ui_server
     page = browser.new_page()

@@ -24,6 +24,7 @@ class EncoderSpec:
     preprocessor: str  # "module:function" taking an EncoderConfig and returning its MediaPreprocessor, weight-free
     options: tuple[str, ...] = ()  # EncoderConfig keys that only this type reads
     fixed_architecture: bool = False  # random_config must be {}: there is no size to choose
+    patch_grid: bool = False  # features are a square patch grid, so projector.pixel_shuffle can merge them
 
     def stack(self, cfg) -> int:
         """Encoder frames the projector stacks into one input vector (1: none)."""
@@ -49,11 +50,11 @@ ENCODERS = {
     "clip": EncoderSpec(
         "image", "the folder's AutoImageProcessor (CLIP: shortest edge to image_size, centre crop, normalize)",
         "(image_size / patch_size)^2 patch tokens, +1 with drop_cls: false", True, _TOWER, _TOWER_PREPROCESSOR,
-        options=("layer", "drop_cls", "image_size", "tiling", "grid_pinpoints", "max_tiles")),
+        options=("layer", "drop_cls", "image_size", "tiling", "grid_pinpoints", "max_tiles"), patch_grid=True),
     "siglip": EncoderSpec(
         "image", "the folder's AutoImageProcessor (SigLIP: resize to image_size x image_size, no crop)",
         "(image_size / patch_size)^2 patch tokens (SigLIP has no CLS token)", True, _TOWER, _TOWER_PREPROCESSOR,
-        options=("layer", "image_size", "tiling", "grid_pinpoints", "max_tiles")),
+        options=("layer", "image_size", "tiling", "grid_pinpoints", "max_tiles"), patch_grid=True),
     "efficientnet_lite0": EncoderSpec(
         "image", "shortest edge to image_size, centre crop, (x - 127) / 128 per channel",
         "ceil(image_size / 32)^2 grid cells, or pool_grid^2", False,
@@ -76,7 +77,8 @@ def encoder_spec(type_: str, where: str) -> EncoderSpec:
     return ENCODERS[type_]
 
 
-def llm_tokens(features: int, stack: int = 1, tokens_per_feature: int = 1) -> int:
+def llm_tokens(features: int, stack: int = 1, tokens_per_feature: int = 1, pixel_shuffle: int = 1) -> int:
     """How many LLM tokens `features` encoder feature vectors of one item become: what the
-    projector makes of them (stack k frames into one vector, expand each vector to t tokens)."""
-    return math.ceil(features / stack) * tokens_per_feature
+    projector makes of them (stack k frames into one vector, merge N x N patches into one vector,
+    expand each vector to t tokens). The patch grid divides by N (checked when the processor is built)."""
+    return math.ceil(features / stack) // pixel_shuffle**2 * tokens_per_feature

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from omnilm.config import DataConfig
+from omnilm.data.markers import mark_unmarked_images
 from omnilm.data.rows import Loaded, RowCollector
 from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.data.sources import _role
@@ -187,11 +188,7 @@ class RowConverter:
             raise DataError("conversations must be a non-empty list of turns")
         messages = [Message(_role(turn["from"]), turn["value"]) for turn in turns]
         images = [self._image(x) for x in self._list(row, "image")]
-        if images and not any(IMAGE_TOKEN in m.content for m in messages if isinstance(m.content, str)):
-            first = next((m for m in messages if m.role == "user"), None)
-            if first is None:
-                raise DataError("the row has an image but no user turn to attach it to")
-            first.content = IMAGE_TOKEN + "\n" + first.content  # as LLaVA's loader does
+        mark_unmarked_images(messages, len(images))
         return Sample(messages=messages, images=images)
 
     def _caption(self, row: dict) -> Sample:

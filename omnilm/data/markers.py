@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, MEDIA_TOKENS
+from omnilm.errors import DataError
 
 MARKER = re.compile("(" + "|".join(re.escape(t) for t in MEDIA_TOKENS.values()) + ")")
 MODALITY_OF = {token: modality for modality, token in MEDIA_TOKENS.items()}
@@ -26,6 +27,17 @@ def with_markers(text: str, images: int, audios: int) -> str:
     missing_images = max(images - text.count(IMAGE_TOKEN), 0)
     missing_audios = max(audios - text.count(AUDIO_TOKEN), 0)
     return join_parts([IMAGE_TOKEN] * missing_images + [AUDIO_TOKEN] * missing_audios + ([text] if text else []))
+
+
+def mark_unmarked_images(messages: list, images: int) -> None:
+    """LLaVA rows with images but no <image> marker: a marker per image opens the first user turn,
+    in the images' order, as LLaVA's loader does. Rows that mark their images are left as written."""
+    if images == 0 or any(IMAGE_TOKEN in m.content for m in messages if isinstance(m.content, str)):
+        return
+    first = next((m for m in messages if m.role == "user"), None)
+    if first is None:
+        raise DataError("the row has images but no user turn to attach them to")
+    first.content = with_markers(first.content, images, 0)
 
 
 def media_first(text: str) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from omnilm.config import DataConfig
+from omnilm.data.markers import mark_unmarked_images
 from omnilm.data.rows import Loaded, RowCollector
 from omnilm.core.sample import AUDIO_TOKEN, IMAGE_TOKEN, Message, Sample
 from omnilm.errors import ConfigError, DataError
@@ -143,7 +144,8 @@ def _role(name) -> str:
 
 
 def llava_instruct(cfg: DataConfig) -> Loaded:
-    """LLaVA-Instruct JSON: [{"id", "image"?, "conversations": [{"from", "value"}, ...]}]."""
+    """LLaVA-Instruct JSON: [{"id", "image"?, "conversations": [{"from", "value"}, ...]}]; "image" is
+    one path or a list of them, matched in order with the <image> markers."""
     path = _require_file(cfg.path, "data.path")
     data = _read_json(path)
     if not isinstance(data, list):
@@ -155,13 +157,9 @@ def llava_instruct(cfg: DataConfig) -> Loaded:
             messages = [Message(_role(turn["from"]), turn["value"]) for turn in row["conversations"]]
             if not messages or not all(isinstance(m.content, str) for m in messages):
                 raise DataError("conversations must be a non-empty list of text turns")
-            images = [_resolve(image_dir, row["image"])] if row.get("image") else []
-            markers = sum(m.content.count(IMAGE_TOKEN) for m in messages)
-            if images and markers == 0:  # some rows omit the marker: the image goes first
-                first = next((m for m in messages if m.role == "user"), None)
-                if first is None:
-                    raise DataError("the row has an image but no user turn to attach it to")
-                first.content = IMAGE_TOKEN + "\n" + first.content
+            listed = row.get("image") or []  # one path, or a list of them (multi-image rows)
+            images = [_resolve(image_dir, x) for x in (listed if isinstance(listed, list) else [listed])]
+            mark_unmarked_images(messages, len(images))
             return Sample(messages=messages, images=images, id=str(row.get("id", i)))
 
         rows.add(f"{path} row #{i}", make)

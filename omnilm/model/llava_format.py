@@ -75,6 +75,9 @@ def vision_choice(recipe, encoder) -> VisionChoice:
     if proj.tokens_per_feature != 1:
         raise refuse("model.image.projector.tokens_per_feature", f"{proj.tokens_per_feature}: LLaVA makes one "
                      "token per feature", "tokens_per_feature: 1")
+    if proj.pixel_shuffle != 1:
+        raise refuse("model.image.projector.pixel_shuffle", f"{proj.pixel_shuffle}: LLaVA's projector reads "
+                     "every patch token on its own", "pixel_shuffle: 1")
     if image.type == "siglip" and image.layer == -1:  # omnilm's -1 is SigLIP's output after its post-layernorm
         layers = encoder.tower.config.num_hidden_layers
         raise refuse("model.image.layer", "-1 with SigLIP is the output after SigLIP's post-layernorm, which "

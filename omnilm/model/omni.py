@@ -34,7 +34,7 @@ class OmniLM(PreTrainedModel):
     token embeddings (the counts must match); `forward` runs the LLM on them (loss with labels).
 
     Built from `config` alone (random weights, as `from_pretrained` does before loading) or, by
-    `omnilm.build_model`, around an already loaded `llm` and `encoders`; projectors are always
+    `omnilm.build_model`, around an already loaded `llm` and `encoders`; projectors not given are
     built here, each after `torch.manual_seed(seed)` when a seed is given."""
 
     config_class = OmniConfig
@@ -47,26 +47,14 @@ class OmniLM(PreTrainedModel):
     _supports_attention_backend = True
 
     def __init__(self, config: OmniConfig, llm: nn.Module | None = None, encoders: dict | None = None,
-                 seed: int | None = None):
+                 projectors: dict | None = None, seed: int | None = None):
         super().__init__(config)
-        for part in (llm, *(encoders or {}).values()):
+        for part in (llm, *(encoders or {}).values(), *(projectors or {}).values()):
             _mark_initialized(part)
         self.llm = llm if llm is not None else AutoModelForCausalLM.from_config(config.text_config)
         self.encoders = nn.ModuleDict(encoders if encoders is not None else {
             m: build_encoder(_skeleton_recipe(config, m)) for m in config.modalities})
-        d_llm = self.llm.get_input_embeddings().embedding_dim
-        projectors = {}
-        for modality in config.modalities:
-            settings = config.encoder(modality)
-            if seed is not None:
-                torch.manual_seed(seed)
-            projectors[modality] = build_projector(
-                settings.projector.type, self.encoders[modality].hidden_size, d_llm, settings.projector.hidden_size,
-                settings.projector.tokens_per_feature, ENCODERS[settings.type].stack(settings))
-            tiling = _tiling(config, settings, modality)
-            if tiling is not None:
-                projectors[modality] = TiledProjector(projectors[modality], TileLayout(tiling, d_llm))
-        self.projectors = nn.ModuleDict(projectors)
+        self.projectors = nn.ModuleDict(projectors if projectors is not None else self._new_projectors(seed))
         self.recipe = None  # the training recipe it came from, if known (provenance: exports copy it)
         self.inherited: set[str] = set()  # parameter names loaded from model.init_from (saved with each run)
         # device_map and FSDP keep each decoder / encoder layer whole: the layer classes that the
@@ -80,6 +68,22 @@ class OmniLM(PreTrainedModel):
         # decided once here rather than by inspecting a signature on every training step.
         self.keeps_logits = "logits_to_keep" in inspect.signature(type(base).forward).parameters
         self.post_init()
+
+    def _new_projectors(self, seed: int | None) -> dict[str, nn.Module]:
+        d_llm = self.llm.get_input_embeddings().embedding_dim
+        projectors = {}
+        for modality in self.config.modalities:
+            settings = self.config.encoder(modality)
+            if seed is not None:
+                torch.manual_seed(seed)
+            projectors[modality] = build_projector(
+                settings.projector.type, self.encoders[modality].hidden_size, d_llm, settings.projector.hidden_size,
+                settings.projector.tokens_per_feature, ENCODERS[settings.type].stack(settings),
+                settings.projector.pixel_shuffle)
+            tiling = _tiling(self.config, settings, modality)
+            if tiling is not None:
+                projectors[modality] = TiledProjector(projectors[modality], TileLayout(tiling, d_llm))
+        return projectors
 
     @classmethod
     def from_pretrained(cls, *args, quantization_config=None, **kwargs):
@@ -107,8 +111,8 @@ class OmniLM(PreTrainedModel):
             return self
         from omnilm.model.merge import plain_llm
 
-        plain = OmniLM(self.config, llm=plain_llm(self.llm, dtype or current), encoders=dict(self.encoders))
-        plain.projectors = self.projectors
+        plain = OmniLM(self.config, llm=plain_llm(self.llm, dtype or current), encoders=dict(self.encoders),
+                       projectors=dict(self.projectors))
         plain.recipe, plain.inherited = self.recipe, self.inherited
         return plain
 
@@ -154,9 +158,9 @@ class OmniLM(PreTrainedModel):
                 features = [TileFeatures(torch.stack([next(views) for _ in item.pixels]), item.grid) for item in media]
         projector = self.projectors[modality]
         weight = next(projector.parameters())
-        if tiled:  # each image's views [n, P, d_enc] as one list of features
-            flat = [f.features.flatten(0, 1).to(device=weight.device, dtype=weight.dtype) for f in features]
-            return projector(flat, [f.grid for f in features])  # [N, d_llm]
+        if tiled:  # each image's views [n, P, d_enc]
+            views = [f.features.to(device=weight.device, dtype=weight.dtype) for f in features]
+            return projector(views, [f.grid for f in features])  # [N, d_llm]
         features = [f.to(device=weight.device, dtype=weight.dtype) for f in features]
         return project(projector, features)  # [N, d_llm]
 

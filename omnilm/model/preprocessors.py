@@ -40,6 +40,7 @@ def vision_tower_preprocessor(cfg: EncoderConfig) -> MediaPreprocessor:
     if size != config.image_size:
         raise ConfigError(f"image_size {size} differs from the tower's {config.image_size}")
     has_cls = VISION_TOWER_TYPES[model_type]
+    check_pixel_shuffle(cfg, config, has_cls)
     tokens = (config.image_size // config.patch_size) ** 2 + (has_cls and not cfg.drop_cls)
     saved = {} if cfg.random_config is not None else _preprocessor_config(cfg.name_or_path)
     if "image_processor_type" in saved and saved["image_processor_type"] != CenterCropImageProcessor.__name__:
@@ -49,7 +50,7 @@ def vision_tower_preprocessor(cfg: EncoderConfig) -> MediaPreprocessor:
     tiling = tiling_of(cfg, size, config.patch_size)
     if tiling is None:
         return MediaPreprocessor(part, image_tokens=tokens)
-    if tokens != tiling.side**2:
+    if tokens != (size // config.patch_size) ** 2:
         raise ConfigError(f"model.image.tiling {cfg.tiling}: needs drop_cls: true (the tile layout takes patch tokens only)")
     return MediaPreprocessor(tiled_part(tiling, part), image_tokens=tokens, tiling=tiling)
 
@@ -64,6 +65,20 @@ def tiled_part(tiling: Tiling, part):
     return LlavaNextImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                                       image_grid_pinpoints=[list(p) for p in tiling.grid_pinpoints],
                                       image_mean=mean, image_std=std, resample=3)
+
+
+def check_pixel_shuffle(cfg: EncoderConfig, config, has_cls: bool) -> None:
+    """Pixel shuffle merges N x N blocks of the patch grid: the grid must divide by N and hold patches only."""
+    n = cfg.projector.pixel_shuffle
+    if n == 1:
+        return
+    grid = config.image_size // config.patch_size
+    if grid % n:
+        raise ConfigError(f"model.image.projector.pixel_shuffle = {n}: the tower's {grid} x {grid} patch grid "
+                          f"(image_size {config.image_size} / patch_size {config.patch_size}) does not divide by {n}")
+    if has_cls and not cfg.drop_cls:
+        raise ConfigError(f"model.image.projector.pixel_shuffle = {n} needs drop_cls: true (the CLS token is "
+                          "not on the patch grid)")
 
 
 def _tower_config(cfg: EncoderConfig):

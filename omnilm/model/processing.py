@@ -55,7 +55,7 @@ class OmniProcessor(ProcessorMixin):
                  max_length: int = 512, system: str | None = None, media_first: bool = False,
                  end_token_ids: dict | None = None, image_tokens: int | None = None,
                  audio_window_frames: int | None = None, stack_frames: dict | None = None,
-                 tokens_per_feature: dict | None = None, audio_max_seconds: float = 120.0,
+                 tokens_per_feature: dict | None = None, pixel_shuffle: dict | None = None, audio_max_seconds: float = 120.0,
                  audio_route: str = "none", transcriber: dict | None = None, allow_special_tokens: bool = False,
                  tiling: dict | None = None, chat_template=None):
         # Set before ProcessorMixin's checks, which ask get_attributes what this instance holds.
@@ -77,6 +77,7 @@ class OmniProcessor(ProcessorMixin):
         self.audio_window_frames = audio_window_frames  # mel frames per Whisper window
         self.stack_frames = dict(stack_frames or {})  # projectors that stack k encoder frames into one token
         self.tokens_per_feature = dict(tokens_per_feature or {})  # projectors that expand each feature
+        self.pixel_shuffle = dict(pixel_shuffle or {})  # projectors that merge N x N patches into one token
         self.audio_max_seconds = audio_max_seconds
         self.audio_route = audio_route  # decided from the recipe (omnilm.audio.route.audio_route)
         self.transcriber = transcriber  # TranscriberConfig keys: the Whisper of the transcription route
@@ -103,6 +104,7 @@ class OmniProcessor(ProcessorMixin):
                    audio_window_frames=audio.audio_window_frames if audio else None,
                    stack_frames={m: ENCODERS[cfg.type].stack(cfg) for m, cfg in encoders.items()},
                    tokens_per_feature={m: cfg.projector.tokens_per_feature for m, cfg in encoders.items()},
+                   pixel_shuffle={m: cfg.projector.pixel_shuffle for m, cfg in encoders.items()},
                    audio_max_seconds=model.audio.max_seconds if model.audio is not None else 120.0,
                    audio_route=audio_route(model),
                    transcriber=dataclasses.asdict(model.transcriber) if model.transcriber is not None else None)
@@ -170,22 +172,22 @@ class OmniProcessor(ProcessorMixin):
         return media, features
 
     def feature_count(self, modality: str, inputs: torch.Tensor) -> int:
-        """How many feature vectors (tiled: laid-out tokens) the model makes of one preprocessed input."""
-        if isinstance(inputs, Tiles):
-            return token_count(self._tiling, inputs.grid)
+        """How many feature vectors the encoder makes of one preprocessed input."""
         return self.image_tokens if modality == "image" else encoder_frames(inputs.shape[-1])
 
-    def cached_count(self, features) -> int:
-        """How many feature vectors (tiled: laid-out tokens) cached encoder features make."""
-        if isinstance(features, TileFeatures):
-            return token_count(self._tiling, features.grid)
-        return int(features.shape[0])
+    def item_tokens(self, modality: str, item, cached: bool = False) -> int:
+        """How many LLM tokens one preprocessed input (or its cached features) becomes. A tiled
+        image's count comes from its grid and already holds what the projector merges."""
+        if isinstance(item, (Tiles, TileFeatures)):
+            return token_count(self._tiling, item.grid)
+        features = int(item.shape[0]) if cached else self.feature_count(modality, item)
+        return llm_tokens(features, self.stack_frames.get(modality, 1), self.tokens_per_feature.get(modality, 1),
+                          self.pixel_shuffle.get(modality, 1))
 
     def token_counts(self, media: dict, features: dict) -> dict[str, list[int]]:
-        counts = {m: [self.feature_count(m, x) for x in xs] for m, xs in media.items()}
-        counts.update({m: [self.cached_count(f) for f in fs] for m, fs in features.items()})
-        return {m: [llm_tokens(n, self.stack_frames.get(m, 1), self.tokens_per_feature.get(m, 1)) for n in ns]
-                for m, ns in counts.items()}
+        counts = {m: [self.item_tokens(m, x) for x in xs] for m, xs in media.items()}
+        counts.update({m: [self.item_tokens(m, f, cached=True) for f in fs] for m, fs in features.items()})
+        return counts
 
     def messages(self, sample: Sample) -> list[Message]:
         messages = sample.messages

@@ -1,11 +1,13 @@
 """Projectors: map encoder features [N, d_enc] into the LLM's embedding space [N, d_llm]."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnilm.errors import ConfigError
+from omnilm.errors import ConfigError, PlaceholderMismatch
 
 
 class ResBlockProjector(nn.Module):
@@ -65,24 +67,53 @@ class FrameStack(nn.Module):
         return self.inner(torch.cat([stack_frames(f, self.k) for f in features]))
 
 
+def pixel_shuffle(patches: torch.Tensor, n: int) -> torch.Tensor:
+    """[P, D] patch tokens of a square grid -> [P / n^2, D * n^2]: each n x n block of neighbours
+    becomes one vector, blocks in row-major order, each block's patches row by row (Idefics3's layout)."""
+    side = math.isqrt(patches.shape[0])
+    if side * side != patches.shape[0] or side % n:
+        raise PlaceholderMismatch(f"pixel shuffle by {n} needs a square patch grid whose side divides by {n}; "
+                                  f"got {patches.shape[0]} patch tokens")
+    d, blocks = patches.shape[1], side // n
+    grid = patches.reshape(blocks, n, blocks, n, d)  # [row block, row in block, col block, col in block, D]
+    return grid.permute(0, 2, 1, 3, 4).reshape(blocks * blocks, n * n * d)  # [P / n^2, n^2 * D]
+
+
+class PixelShuffle(nn.Module):
+    """Images (nanoVLM/Idefics3-style): n x n neighbouring patch tokens become one LLM token, so a
+    SigLIP tower's 32 x 32 patch grid at n = 4 costs 64 tokens, not 1024. Each image is its own grid:
+    list of [P_i, d_in] -> [sum P_i / n^2, d_out]."""
+
+    def __init__(self, inner: nn.Module, n: int):
+        super().__init__()
+        self.inner, self.n = inner, n
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.inner(torch.cat([pixel_shuffle(f, self.n) for f in features]))
+
+
 def project(projector: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
     """Each item's encoder features [T_i, d_in] -> LLM embeddings of all items [sum tokens_i, d_llm]."""
-    if isinstance(projector, FrameStack):  # stacking pads each item's tail: it needs them apart
+    if isinstance(projector, (FrameStack, PixelShuffle)):  # each item is padded or gridded on its own
         return projector(features)
     return projector(torch.cat(features))  # [sum T_i, d_in] -> [sum T_i * tokens, d_llm]
 
 
 def build_projector(kind: str, d_in: int, d_out: int, hidden: int | None = None, tokens: int = 1,
-                    stack: int = 1) -> nn.Module:
-    """`stack` encoder frames side by side make one input vector (d_in * stack wide); each input
-    vector makes `tokens` LLM tokens."""
+                    stack: int = 1, shuffle: int = 1) -> nn.Module:
+    """`stack` encoder frames side by side (or a `shuffle` x `shuffle` block of patches) make one
+    input vector (d_in * stack * shuffle^2 wide); each input vector makes `tokens` LLM tokens."""
     if kind not in PROJECTORS:
         raise ConfigError(f"unknown projector type {kind!r}; choose one of {', '.join(PROJECTORS)}")
     if tokens < 1:
         raise ConfigError(f"projector tokens_per_feature must be at least 1, got {tokens}")
     if stack < 1:
         raise ConfigError(f"stack_frames must be at least 1, got {stack}")
-    net = PROJECTORS[kind](d_in * stack, d_out * tokens, hidden)
+    if stack > 1 and shuffle > 1:
+        raise ConfigError("a projector either stacks audio frames or pixel-shuffles image patches, not both")
+    net = PROJECTORS[kind](d_in * stack * shuffle**2, d_out * tokens, hidden)
     if tokens > 1:
         net = Expand(net, d_out)
+    if shuffle > 1:
+        return PixelShuffle(net, shuffle)
     return FrameStack(net, stack) if stack > 1 else net

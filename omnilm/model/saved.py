@@ -52,18 +52,13 @@ def write_model_folder(model, processor, out, dtype: torch.dtype | None = None, 
     out = Path(out)
     with atomic_folder(out, nbytes(model.state_dict())) as tmp:
         save_model_files(model, processor, tmp, dtype)
-        if model.recipe is not None:
-            save_recipe(exported_recipe(model.recipe), tmp / RECIPE_FILE)
+        if model.recipe is not None:  # what trained it, for provenance (loading never reads it)
+            recipe = copy.deepcopy(model.recipe)
+            recipe.model.init_from = None
+            save_recipe(recipe, tmp / RECIPE_FILE)
         if card is not None:
             card(tmp)
     return out
-
-
-def exported_recipe(recipe):
-    """The recipe beside a model folder: what trained it, for provenance (loading never reads it)."""
-    recipe = copy.deepcopy(recipe)
-    recipe.model.init_from = None
-    return recipe
 
 
 def write_run_model(run_dir) -> Path:

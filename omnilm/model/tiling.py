@@ -15,8 +15,8 @@ then the whole image resized to one tile as a global view; a learned marker befo
 (one per row and column position) and one before the global view. A single-tile grid is the
 global view alone.
 
-`side` below is the tile's feature grid side (image_size / patch_size); a projector that merges
-N x N neighbouring features (pixel shuffle) makes it side / N: every count here takes it as given.
+`side` below is the side of the feature grid each tile gives the LLM: image_size / patch_size, over
+N with `projector.pixel_shuffle: N` (which merges N x N neighbouring features within each tile).
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from transformers.image_processing_utils import select_best_resolution
 
 from omnilm.core.tiles import TileFeatures, TileGrid, Tiles
 from omnilm.errors import ConfigError
+from omnilm.model.projector import project
 
 __all__ = ["Tiling", "TileGrid", "Tiles", "TileFeatures", "TileLayout", "TiledProjector", "tiling_of", "grid_of",
            "token_count", "max_tokens", "most_tiles"]
@@ -60,7 +61,7 @@ def tiling_of(cfg, tile_size: int, patch_size: int) -> Tiling | None:
     """An EncoderConfig's tiling for a tower of `tile_size` px and `patch_size` px patches (None: no tiling)."""
     if cfg.tiling == "none":
         return None
-    side = tile_size // patch_size
+    side = tile_size // patch_size // cfg.projector.pixel_shuffle  # the features each tile gives the LLM, a side
     if cfg.tiling == "split":
         return Tiling("split", tile_size, side, max_tiles=cfg.max_tiles or DEFAULT_MAX_TILES)
     points = cfg.grid_pinpoints or [[r * tile_size, c * tile_size] for r, c in ANYRES_GRIDS]
@@ -170,6 +171,8 @@ class TiledProjector(nn.Module):
         self.inner, self.layout = inner, layout
 
     def forward(self, features: list[torch.Tensor], grids: list[TileGrid]) -> torch.Tensor:
-        """features: each image's tile features [n_i * side^2, d_in] -> [sum tokens_i, d_llm]."""
-        projected = self.inner(torch.cat(features)).split([len(f) for f in features])
-        return torch.cat([self.layout(p, g) for p, g in zip(projected, grids)])
+        """features: each image's views [n_i, P, d_in] -> [sum tokens_i, d_llm]. Each view is its own
+        item for the projector (a pixel shuffle merges blocks within one tile's grid)."""
+        projected = project(self.inner, [view for image in features for view in image])  # [sum n_i * side^2, D]
+        per_image = projected.split([len(image) * self.layout.tiling.side**2 for image in features])
+        return torch.cat([self.layout(p, g) for p, g in zip(per_image, grids)])

@@ -260,10 +260,12 @@ def to_chat_request(request: ChatCompletionRequest, limits: Limits, audio_max_se
     images = sum(isinstance(p, Image.Image) for t in turns for p in t.parts)
     audios = sum(isinstance(p, AudioClip) for t in turns for p in t.parts)
     if images > limits.max_images:
-        raise bad_request(f"{images} images in the request; the limit is {limits.max_images}", "messages",
+        raise bad_request(f"{images} images in the request (all turns together); the limit is "
+                          f"{limits.max_images} images per request", "messages",
                           "too_many_images")
     if audios > limits.max_audios:
-        raise bad_request(f"{audios} audio inputs in the request; the limit is {limits.max_audios}", "messages",
+        raise bad_request(f"{audios} audio inputs in the request (all turns together); the limit "
+                          f"is {limits.max_audios} per request", "messages",
                           "too_many_audios")
     options = request.stream_options or StreamOptions()
     return ChatRequest(request.model, turns, generation_config(request, limits), _max_tokens(request) is not None,

@@ -39,6 +39,9 @@ def build_ui(state) -> tuple[gr.Blocks, list[str]]:
         with gr.Row():
             image = _UndecodedImage(type="filepath", label="Image", sources=["upload", "clipboard"], height=200,
                                     elem_id="image-input")
+            # Gradio's File input does not decode what it receives: load_image reads each upload.
+            more_images = gr.File(file_count="multiple", type="filepath", file_types=["image"], height=200,
+                                  label="More images (after the first, in order)", elem_id="more-images")
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio (microphone or file)",
                              elem_id="audio-input", visible=takes_audio)
         text = gr.Textbox(label="Message", placeholder="Ask about the image…", lines=2, elem_id="message")
@@ -54,12 +57,13 @@ def build_ui(state) -> tuple[gr.Blocks, list[str]]:
                               [None, "Hello! What can you do?"]],
                     inputs=[image, text], label="Examples")
 
-        def respond(message, image_path, audio_path, max_new, temp, history, past):
+        def respond(message, image_path, more_paths, audio_path, max_new, temp, history, past):
             history, past = list(history or []), list(past or [])
-            turn, shown = _user_turn(state, message, image_path, audio_path)
+            turn, shown = _user_turn(state, message, [image_path, *(more_paths or [])], audio_path)
+            _check_image_count(state, past + [turn])
             history += shown
             history.append({"role": "assistant", "content": ""})
-            yield history, past, "", None, None
+            yield history, past, "", None, None, None
             config = GenerationSettings(max_new_tokens=int(max_new), temperature=float(temp))
             # max_tokens_given=False: a long conversation gets a shorter answer, not an error.
             handle, answer = None, ""
@@ -70,26 +74,26 @@ def build_ui(state) -> tuple[gr.Blocks, list[str]]:
                     shown.append({"role": "user", "content": "🎤 *transcript:* " + " / ".join(transcripts)})
                     history.insert(len(history) - 1, shown[-1])
                     turn = _with_transcripts(turn, transcripts)
-                    yield history, past, "", None, None
+                    yield history, past, "", None, None, None
                 for piece in handle:
                     answer += piece
                     history[-1] = {"role": "assistant", "content": answer}
-                    yield history, past, "", None, None
+                    yield history, past, "", None, None, None
             except (OmniError, APIError, Busy) as err:
                 # The failed turn leaves the page and is not kept, so the next question starts clean.
-                yield history[: -len(shown) - 1], past, message, None, None
+                yield history[: -len(shown) - 1], past, message, None, None, None
                 raise gr.Error(_message(err)) from None
             finally:
                 if handle is not None:
                     handle.cancel()  # the page closed mid-answer: stop generating for it
             past += [turn, Turn("assistant", [answer])]
-            yield history, past, "", None, None
+            yield history, past, "", None, None, None
 
-        inputs = [text, image, audio, max_tokens, temperature, chatbot, turns]
-        outputs = [chatbot, turns, text, image, audio]
+        inputs = [text, image, more_images, audio, max_tokens, temperature, chatbot, turns]
+        outputs = [chatbot, turns, text, image, more_images, audio]
         send.click(respond, inputs, outputs)
         text.submit(respond, inputs, outputs)
-        clear.click(lambda: ([], [], "", None, None), None, outputs)
+        clear.click(lambda: ([], [], "", None, None, None), None, outputs)
     demo.queue(default_concurrency_limit=CONCURRENT_CHATS)
     return demo, [str(examples_dir)]
 
@@ -123,15 +127,18 @@ class _UndecodedImage(gr.Image):
         return payload.path
 
 
-def _user_turn(state, message: str, image_path: str | None, audio_path: str | None) -> tuple[Turn, list[dict]]:
-    """The user's inputs -> our Turn (decoded media) and the Chatbot messages that show them."""
+def _user_turn(state, message: str, image_paths: list, audio_path: str | None) -> tuple[Turn, list[dict]]:
+    """The user's inputs -> our Turn (decoded media, images in the order given) and the Chatbot
+    messages that show them."""
     message = (message or "").strip()
-    if not (message or image_path or audio_path):
+    image_paths = [path for path in image_paths if path]
+    if not (message or image_paths or audio_path):
         raise gr.Error("Type a message, or add an image or audio.")
     parts, shown = [], []
     try:
-        if image_path:
-            parts.append(load_image(image_path, name="the image", max_pixels=state.limits.max_image_pixels,
+        for i, image_path in enumerate(image_paths):
+            name = "the image" if len(image_paths) == 1 else f"image {i + 1}"
+            parts.append(load_image(image_path, name=name, max_pixels=state.limits.max_image_pixels,
                                     max_side=state.limits.max_image_side))
             shown.append({"role": "user", "content": gr.Image(image_path)})
         if audio_path:
@@ -150,6 +157,14 @@ def _user_turn(state, message: str, image_path: str | None, audio_path: str | No
         parts.append(message)
         shown.append({"role": "user", "content": message})
     return Turn("user", parts), shown
+
+
+def _check_image_count(state, turns: list[Turn]) -> None:
+    """The server's per-request image limit, over the whole conversation the prompt carries."""
+    images = sum(isinstance(p, Image.Image) for t in turns for p in t.parts)
+    if images > state.limits.max_images:
+        raise gr.Error(f"{images} images in this conversation; the limit is {state.limits.max_images} images "
+                       "per request (start a new conversation)")
 
 
 def _with_transcripts(turn: Turn, transcripts: list[str]) -> Turn:
