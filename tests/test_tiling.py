@@ -15,9 +15,10 @@ from omnilm.core.sample import PLACEHOLDER_IDS, Message, Sample
 from omnilm.data.collate import collate
 from omnilm.data.feature_cache import encoder_identity
 from omnilm.data.fixtures import draw_shape
-from omnilm.errors import ConfigError
+from omnilm.errors import ConfigError, OmniError, PlaceholderMismatch
 from omnilm.model.build import build_model, materialize_random
 from omnilm.model.export import export
+from omnilm.model.llava_format import NotExpressible
 from omnilm.model.processing import OmniProcessor
 from omnilm.model.saved import load_pretrained
 from omnilm.model.tiling import Tiles, Tiling, grid_of, max_tokens, most_tiles, tiling_of, token_count
@@ -98,7 +99,8 @@ def test_the_processor_counts_from_the_size_what_the_model_lays_out(tmp_path, ti
         tiles = item.media["image"][0]
         assert isinstance(tiles, Tiles)
         placeholders = int((item.input_ids == PLACEHOLDER_IDS["image"]).sum())
-        assert placeholders == token_count(processor._tiling, grid_of(processor._tiling, size[1], size[0]))
+        tiling_ = processor.image_tiling
+        assert placeholders == token_count(tiling_, grid_of(tiling_, size[1], size[0]))
     batch = collate(encoded, pad_id=0)
     with torch.no_grad():
         embeds = model.embed(batch.input_ids, batch.media)  # raises PlaceholderMismatch if the counts differ
@@ -109,7 +111,7 @@ def test_the_anyres_counts_in_omnilm_equal_transformers_for_the_tiny_tower(tmp_p
     _, processor = tiny_model(tmp_path, "anyres")
     sizes = [(h, w) for w, h in IMAGES]
     ours = [int((processor(caption(Image.new("RGB", (w, h)))).input_ids < 0).sum()) for h, w in sizes]
-    points = [list(p) for p in processor._tiling.grid_pinpoints]
+    points = [list(p) for p in processor.image_tiling.grid_pinpoints]
     assert ours == transformers_counts(32, 8, points, sizes)
 
 
@@ -117,7 +119,7 @@ def test_a_wrong_count_is_a_placeholder_mismatch_naming_both(tmp_path):
     model, processor = tiny_model(tmp_path, "anyres")
     item = processor(caption(Image.new("RGB", (64, 40))))
     other = processor(caption(Image.new("RGB", (20, 90))))
-    with pytest.raises(Exception, match=r"70 placeholder positions .* 52 feature vectors"):
+    with pytest.raises(PlaceholderMismatch, match=r"70 placeholder positions .* 52 feature vectors"):
         model.embed(item.input_ids[None], {"image": other.media["image"]})
 
 
@@ -146,7 +148,7 @@ def test_the_processor_saves_and_loads_its_tiling(tmp_path):
     _, processor = tiny_model(tmp_path, "split", max_tiles=6)
     processor.save_pretrained(tmp_path / "proc")
     loaded = OmniProcessor.from_pretrained(tmp_path / "proc")
-    assert loaded._tiling == processor._tiling and loaded._tiling.max_tiles == 6
+    assert loaded.image_tiling == processor.image_tiling and loaded.image_tiling.max_tiles == 6
     image = Image.new("RGB", (100, 30), "green")
     assert torch.equal(loaded(caption(image)).media["image"][0].pixels, processor(caption(image)).media["image"][0].pixels)
 
@@ -189,7 +191,7 @@ def test_cached_tile_features_give_what_the_tiles_give_and_train(tiny_data, tmp_
             b = model.embed(from_cache.input_ids[None], features=from_cache.features)
         assert (a - b).abs().max() < 2e-2  # the cache stores float16
     assert len(cache) == len(paths)
-    with pytest.raises(Exception, match="made by encoder"):
+    with pytest.raises(OmniError, match="made by encoder"):
         FeatureCache.open(tmp_path / "cache", encoder_identity(EncoderConfig(**{**recipe.model.image.__dict__,
                                                                                 "tiling": "none",
                                                                                 "max_tiles": None,
@@ -262,7 +264,7 @@ def test_anyres_export_answers_as_omnilm_does_in_llava_next(tmp_path, image, siz
 
 def test_split_export_to_llava_is_refused_naming_the_missing_gguf_export(tmp_path):
     run = tiny_run(tmp_path / "run", image={"tiling": "split"})
-    with pytest.raises(Exception, match="split maps onto a GGUF idefics3 mmproj, which omnilm does not export yet"):
+    with pytest.raises(NotExpressible, match="split maps onto a GGUF idefics3 mmproj, which omnilm does not export yet"):
         export(*load_pretrained(run), tmp_path / "out", "llava")
 
 
@@ -281,7 +283,7 @@ def test_packing_counts_a_tiled_samples_real_length(tmp_path):
     items = [processor(caption(Image.new("RGB", size))) for size in IMAGES]
     batch = collate(items, pad_id=0, pack_to=256)
     assert int((batch.input_ids == PLACEHOLDER_IDS["image"]).sum()) == sum(
-        token_count(processor._tiling, t.media["image"][0].grid) for t in items)
+        token_count(processor.image_tiling, t.media["image"][0].grid) for t in items)
     # rows hold the samples' whole lengths (text + every tile token), nothing cut
     assert int((batch.input_ids != 0).sum()) == sum(len(t.input_ids) for t in items)
     assert batch.input_ids.shape[0] < len(items)  # several samples shared a row
@@ -298,7 +300,7 @@ def test_the_training_loop_runs_and_saves_a_tiled_model_that_loads(tiny_data, tm
         result = train(recipe, progress=False)
     assert f"image tiling {tiling}: up to" in caplog.text
     model, processor = load_pretrained(result.run_dir)
-    assert processor._tiling.kind == tiling
+    assert processor.image_tiling.kind == tiling
     image = draw_shape("green", "square", size=80, seed=4)
     _, logits, tokens = omnilm_outputs(model, processor, image, "What?")
     assert torch.isfinite(logits).all() and len(tokens) > 0

@@ -72,8 +72,8 @@ class OmniProcessor(ProcessorMixin):
         self.media_first = media_first  # see DataConfig.media_first
         self.end_token_ids = dict(end_token_ids or {})
         self.image_tokens = image_tokens  # feature vectors per image (per tile when tiled)
-        self.tiling = tiling  # omnilm.model.tiling.Tiling's settings: images cut into tiles, counted by size
-        self._tiling = Tiling.from_dict(tiling) if tiling else None
+        self.tiling = tiling  # omnilm.model.tiling.Tiling's settings (what is saved): images cut into tiles
+        self.image_tiling = Tiling.from_dict(tiling) if tiling else None  # None: one view per image
         self.audio_window_frames = audio_window_frames  # mel frames per Whisper window
         self.stack_frames = dict(stack_frames or {})  # projectors that stack k encoder frames into one token
         self.tokens_per_feature = dict(tokens_per_feature or {})  # projectors that expand each feature
@@ -148,9 +148,9 @@ class OmniProcessor(ProcessorMixin):
         if isinstance(part, WhisperFeatureExtractor):
             return real_length_log_mel(part, item, self.audio_window_frames)
         pixels = part(item, return_tensors="pt")["pixel_values"][0]  # [3, S, S], tiled: [n, 3, S, S]
-        if self._tiling is None:
+        if self.image_tiling is None:
             return pixels
-        return Tiles(pixels, grid_of(self._tiling, item.height, item.width))
+        return Tiles(pixels, grid_of(self.image_tiling, item.height, item.width))
 
     def read(self, modality: str, item):
         return load_image(item) if modality == "image" else load_sample_audio(item, self.audio_max_seconds)
@@ -179,7 +179,7 @@ class OmniProcessor(ProcessorMixin):
         """How many LLM tokens one preprocessed input (or its cached features) becomes. A tiled
         image's count comes from its grid and already holds what the projector merges."""
         if isinstance(item, (Tiles, TileFeatures)):
-            return token_count(self._tiling, item.grid)
+            return token_count(self.image_tiling, item.grid)
         features = int(item.shape[0]) if cached else self.feature_count(modality, item)
         return llm_tokens(features, self.stack_frames.get(modality, 1), self.tokens_per_feature.get(modality, 1),
                           self.pixel_shuffle.get(modality, 1))

@@ -32,7 +32,7 @@ def cache_features(recipe: Recipe, out: str | None = None, batch_size: int = 32,
     def prepare(item):
         return processor.preprocess("image", processor.read("image", item))  # [3, S, S], or a tiled image's Tiles
 
-    tiling = processor._tiling
+    tiling = processor.image_tiling
     return build_feature_cache(encoder, images, folder, encoder_identity(enc_cfg), prepare,
                                batch_size=batch_size, skip_bad=recipe.data.skip_bad, progress=progress,
                                max_views=most_tiles(tiling) if tiling is not None else 1)

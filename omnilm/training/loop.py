@@ -56,7 +56,7 @@ def log_tiling(processor, max_length: int) -> None:
     tokens a row whatever fills them, so say how many one image can take."""
     from omnilm.model.tiling import max_tokens, most_tiles
 
-    tiling = getattr(processor, "_tiling", None)
+    tiling = processor.image_tiling
     if tiling is None:
         return
     most = max_tokens(tiling)
