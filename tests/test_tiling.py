@@ -329,3 +329,18 @@ def test_a_tiled_model_with_pixel_shuffle_lays_out_what_it_counts_and_trains(tmp
     # 100 x 100 px on 32 px tiles of 4 x 4 patches, 2 x 2 after the shuffle: a 2 x 2 grid either way
     expected = {"anyres": 2 * 2 + 4 * (4 + 1), "split": 5 * (2 * 2 + 1)}[tiling]
     assert int((encoded[3].input_ids < 0).sum()) == expected
+
+
+@pytest.mark.parametrize("tiling", ["anyres", "split"])
+def test_tiled_prompts_of_different_sizes_generate_batched_as_one_by_one(tmp_path, tiling):
+    from omnilm.generation import generate
+    from omnilm.generation_settings import GenerationSettings
+
+    model, processor = tiny_model(tmp_path, tiling)
+    prompts = [Sample([Message("user", f"<image>\n{q}")], images=[draw_shape("red", "circle", size=s, seed=s)])
+               for q, s in (("what?", 30), ("which shape is it?", 90), ("colour", 60))]
+    settings = GenerationSettings(max_new_tokens=8)
+    batched = generate(model, processor, prompts, settings)
+    single = [generate(model, processor, [p], settings)[0] for p in prompts]
+    assert [c.text for c in batched] == [c.text for c in single]
+    assert len({c.prompt_tokens for c in batched}) == len(prompts)  # the images' tokens differ by size
