@@ -44,7 +44,7 @@ class SplitImageProcessor(ImageProcessingMixin):
     def __call__(self, images, return_tensors: str = "pt") -> BatchFeature:
         from omnilm.model.tiling import Tiling, split_grid
 
-        tiling = Tiling("split", self.size, 1, max_tiles=self.max_tiles)
+        tiling = Tiling("split", self.size, 1, max_tiles=self.max_tiles)  # the grid depends on sizes only, not on side
         transform = ImageTransform(self.size, self.image_mean, self.image_std)
         stacks = []
         for image in images if isinstance(images, (list, tuple)) else [images]:
