@@ -78,8 +78,10 @@ def omnilm_outputs(model, processor, image, question=QUESTION, new_tokens=6):
     return ids[0], logits, tokens
 
 
-def llava_outputs(folder, image, question=QUESTION, new_tokens=6, text_first=False):
-    model = LlavaForConditionalGeneration.from_pretrained(folder).eval()
+def llava_outputs(folder, image, question=QUESTION, new_tokens=6, text_first=False,
+                  model_class=LlavaForConditionalGeneration):
+    """(prompt ids, logits, greedy continuation, config) of a transformers folder, through its own processor."""
+    model = model_class.from_pretrained(folder).eval()
     processor = AutoProcessor.from_pretrained(folder)
     parts = [{"type": "image", "image": image}, {"type": "text", "text": question}]
     messages = [{"role": "user", "content": parts[::-1] if text_first else parts}]

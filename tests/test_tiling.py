@@ -6,7 +6,7 @@ transformers' LlavaNextForConditionalGeneration."""
 import pytest
 import torch
 from PIL import Image
-from transformers import (AutoProcessor, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil,
+from transformers import (LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil,
                           LlavaNextProcessor)
 from transformers.image_processing_utils import select_best_resolution
 
@@ -24,7 +24,7 @@ from omnilm.model.saved import load_pretrained
 from omnilm.model.tiling import Tiles, Tiling, grid_of, max_tokens, most_tiles, tiling_of, token_count
 from omnilm.model.tokenizer import byte_tokenizer
 from tests.conftest import CONFIGS
-from tests.test_export_llava import omnilm_outputs, tiny_run
+from tests.test_export_llava import llava_outputs, omnilm_outputs, tiny_run
 
 # (height, width): squares, wide and tall strips, odd sizes, smaller and larger than every pinpoint
 SIZES = [(336, 336), (480, 640), (640, 480), (100, 1000), (1000, 100), (719, 1281), (1281, 719), (50, 60),
@@ -226,18 +226,6 @@ def test_efficientnet_has_no_tiling():
         load_recipe(overrides={"model": {"image": {"type": "efficientnet_lite0", "tiling": "split"}}})
 
 
-def llava_next_outputs(folder, image, question, new_tokens=6):
-    model = LlavaNextForConditionalGeneration.from_pretrained(folder).eval()
-    processor = AutoProcessor.from_pretrained(folder)
-    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                           return_tensors="pt")
-    with torch.no_grad():
-        logits = model(**inputs).logits[0]
-        tokens = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False)[0, inputs["input_ids"].shape[1]:]
-    return inputs["input_ids"][0], logits, tokens, model.config
-
-
 @pytest.mark.parametrize("image, size", [({}, (96, 40)), ({"type": "siglip", "layer": -2}, (30, 70)),
                                          ({"grid_pinpoints": [[32, 96], [64, 64], [96, 32]]}, (50, 50))])
 def test_anyres_export_answers_as_omnilm_does_in_llava_next(tmp_path, image, size):
@@ -254,7 +242,8 @@ def test_anyres_export_answers_as_omnilm_does_in_llava_next(tmp_path, image, siz
     picture = draw_shape("blue", "triangle", size=64, seed=2).resize(size)
     question = "What is it?"
     ids, logits, tokens = omnilm_outputs(model, processor, picture, question)
-    next_ids, next_logits, next_tokens, config = llava_next_outputs(tmp_path / "next", picture, question)
+    next_ids, next_logits, next_tokens, config = llava_outputs(tmp_path / "next", picture, question,
+                                                                    model_class=LlavaNextForConditionalGeneration)
     assert config.architectures == ["LlavaNextForConditionalGeneration"]
     assert next_ids.tolist() == ids.masked_fill(ids == PLACEHOLDER_IDS["image"], config.image_token_index).tolist()
     vocab = len(processor.tokenizer)
