@@ -71,7 +71,7 @@ def call_ui(client: httpx.Client, base: str, data: list) -> str:
 
 
 def ui_inputs(message="What is this?", image=None, audio=None, history=None) -> list:
-    return [message, image, audio, 4, 0.0, history or []]
+    return [message, image, None, audio, 4, 0.0, history or []]  # None: no "more images"
 
 
 def test_web_app_never_copies_or_serves_a_server_file(ui_server, tmp_path):

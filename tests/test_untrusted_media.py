@@ -134,7 +134,7 @@ def ui_server(engine):
 
 def call_ui(client: httpx.Client, base: str, image=None) -> str:
     """One call of the app's `respond` through Gradio's HTTP API -> the event stream's text."""
-    started = client.post(base + "/ui/gradio_api/call/respond", json={"data": ["What is this?", image, None, 4,
+    started = client.post(base + "/ui/gradio_api/call/respond", json={"data": ["What is this?", image, None, None, 4,
                                                                                0.0, []]})
     started.raise_for_status()
     return client.get(base + f"/ui/gradio_api/call/respond/{started.json()['event_id']}", timeout=60).text
