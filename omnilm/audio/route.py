@@ -7,8 +7,6 @@ from omnilm.config import TranscriberConfig
 from omnilm.core.sample import Sample
 from omnilm.errors import ConfigError
 
-ROUTES = ("native", "transcribe", "none")
-
 
 def audio_route(model_cfg) -> str:
     """A recipe's ModelConfig -> "native" (an audio encoder), "transcribe" (Whisper's text in the
