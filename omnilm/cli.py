@@ -200,8 +200,11 @@ def cmd_export(args) -> None:
         hub_preflight(args.push_to_hub)  # an offline machine hears so before minutes of work
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     out = export(*load_pretrained(args.model), args.out, args.format, dtype, source=args.model,
-                 keep_lm_head_bias=args.keep_lm_head_bias)
-    if args.format == "llava":
+                 keep_lm_head_bias=args.keep_lm_head_bias, outtype=args.outtype)
+    if args.format == "gguf":
+        print(f"exported -> {out} (a text GGUF + mmproj-*.gguf: `llama-server -m {out}/<name>.gguf --mmproj "
+              f"{out}/mmproj-<name>.gguf`, or `ollama create -f {out}/Modelfile`)")
+    elif args.format == "llava":
         print(f"exported -> {out} (LlavaForConditionalGeneration, or LlavaNext... with tiling: anyres, + AutoProcessor; "
               f"`vllm serve {out}`)")
     else:
@@ -298,9 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--dtype", default="auto", choices=CHOICES["model.llm.dtype"])
     # model/export.py FORMATS, restated: importing it loads torch (tests/test_cli_choices.py holds them equal)
-    p.add_argument("--format", default="omnilm", choices=["omnilm", "llava"],
+    p.add_argument("--format", default="omnilm", choices=["omnilm", "llava", "gguf"],
                    help="llava: a transformers LlavaForConditionalGeneration folder (LlavaNext... with tiling: "
-                        "anyres; vLLM, SGLang, TGI serve it)")
+                        "anyres; vLLM, SGLang, TGI serve it); gguf: llama.cpp's text GGUF + mmproj GGUF")
+    # model/gguf_text.py OUTTYPES, restated (as FORMATS)
+    p.add_argument("--outtype", default="f16", choices=["f32", "f16", "q8_0"],
+                   help="gguf: the text model's weight type (the mmproj is f32 or f16)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hugging Face hub repo")
     p.add_argument("--keep-lm-head-bias", action="store_true",
                    help="llava: write the LLM's LM-head bias (Phi) that vLLM applies and transformers' LLaVA ignores")

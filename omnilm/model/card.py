@@ -43,6 +43,17 @@ def _parts(recipe) -> list[str]:
 
 
 def _usage(fmt: str, name: str) -> str:
+    if fmt == "gguf":
+        return f"""Run it with llama.cpp (put each image or audio part first in a message: that is the
+order the model was trained on):
+
+```bash
+llama-mtmd-cli -m {name}-f16.gguf --mmproj mmproj-{name}-f16.gguf --image photo.jpg -p "What is in the image?"
+llama-server -m {name}-f16.gguf --mmproj mmproj-{name}-f16.gguf --port 8080   # OpenAI-compatible API
+ollama create {name} -f Modelfile && ollama run {name}
+```
+
+(The file names carry the `--outtype` the folder was written with.)"""
     if fmt == "llava":
         return f"""```python
 from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -73,17 +84,18 @@ omnilm serve --model {name}          # OpenAI-compatible API and web app
 def model_card(recipe, fmt: str, name: str, source: Path | None = None) -> str:
     model, data, train = recipe.model, recipe.data, recipe.train
     encoders = [getattr(model, m) for m in ("image", "audio") if getattr(model, m) is not None]
-    meta = {"library_name": "transformers" if fmt == "llava" else "omnilm",
+    meta = {"library_name": {"llava": "transformers", "gguf": "gguf"}.get(fmt, "omnilm"),
             "pipeline_tag": "image-text-to-text" if fmt == "llava" else "any-to-any",
-            "tags": ["omnilm", "multimodal"] + (["llava"] if fmt == "llava" else [])}
+            "tags": ["omnilm", "multimodal"] + ([fmt] if fmt in ("llava", "gguf") else [])}
     base = _hub_ids(model.llm.name_or_path, *(e.name_or_path for e in encoders))
     if base:
         meta["base_model"] = base
     metrics = _last_metrics(source)
     recorded = ("\n".join(f"- {key}: {value:.4g}" if isinstance(value, float) else f"- {key}: {value}"
                           for key, value in metrics.items()) if metrics else "No training metrics were recorded.")
-    what = ("a transformers `LlavaForConditionalGeneration` folder (weights, processor, chat template)"
-            if fmt == "llava" else "an omnilm export folder (`omnilm.load_pretrained`)")
+    what = {"llava": "a transformers `LlavaForConditionalGeneration` folder (weights, processor, chat template)",
+            "gguf": "llama.cpp GGUF files: the text model and its multimodal projector (`mmproj-*.gguf`)",
+            }.get(fmt, "an omnilm export folder (`omnilm.load_pretrained`)")
     limit = f" (first {data.limit} samples)" if data.limit else ""
     recipe_yaml = yaml.safe_dump({"model": recipe.to_dict()["model"], "train": recipe.to_dict()["train"]},
                                  sort_keys=False)
