@@ -200,7 +200,7 @@ def cmd_export(args) -> None:
         hub_preflight(args.push_to_hub)  # an offline machine hears so before minutes of work
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     out = export(*load_pretrained(args.model), args.out, args.format, dtype, source=args.model,
-                 keep_lm_head_bias=args.keep_lm_head_bias, outtype=args.outtype)
+                 keep_lm_head_bias=args.keep_lm_head_bias, outtype=args.outtype, approximate_clip=args.approximate_clip)
     if args.format == "gguf":
         print(f"exported -> {out} (a text GGUF + mmproj-*.gguf: `llama-server -m {out}/<name>.gguf --mmproj "
               f"{out}/mmproj-<name>.gguf`, or `ollama create -f {out}/Modelfile`)")
@@ -307,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     # model/gguf_text.py OUTTYPES, restated (as FORMATS)
     p.add_argument("--outtype", default="f16", choices=["f32", "f16", "q8_0"],
                    help="gguf: the text model's weight type (the mmproj is f32 or f16)")
+    p.add_argument("--approximate-clip", action="store_true",
+                   help="gguf: export a CLIP tower although llama.cpp reads its class token in place of the first "
+                        "patch (1 image token in N differs; SigLIP exports exactly)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hugging Face hub repo")
     p.add_argument("--keep-lm-head-bias", action="store_true",
                    help="llava: write the LLM's LM-head bias (Phi) that vLLM applies and transformers' LLaVA ignores")

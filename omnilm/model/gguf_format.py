@@ -27,7 +27,7 @@ def refuse(setting: str, reason: str, nearest: str) -> NotExpressibleInGGUF:
     return NotExpressibleInGGUF(f"cannot export to GGUF: {setting}: {reason}; nearest exportable choice: {nearest}")
 
 
-def check(model, processor) -> None:
+def check(model, approximate_clip: bool = False) -> None:
     """Everything that can be refused, refused before any work."""
     from omnilm.model.gguf_vision import check_vision
 
@@ -36,22 +36,23 @@ def check(model, processor) -> None:
         raise refuse("model", "no image or audio encoder: a text-only model needs no mmproj",
                      "llama.cpp's convert_hf_to_gguf.py on `omnilm export` output")
     if media.image is not None:
-        check_vision(model, processor)
+        check_vision(model, approximate_clip)
     if media.audio is not None:
         from omnilm.model.gguf_audio import check_audio
 
         check_audio(model)
 
 
-def export_gguf(model, processor, out, outtype: str = "f16", card=None) -> Path:
-    """Write the text GGUF, the mmproj GGUF and a Modelfile into `out`."""
+def export_gguf(model, processor, out, outtype: str = "f16", card=None, approximate_clip: bool = False) -> Path:
+    """Write the text GGUF, the mmproj GGUF and a Modelfile into `out`. `approximate_clip`: export a
+    CLIP tower although llama.cpp reads its class token in place of the first patch (gguf_vision)."""
     from omnilm import llama_cpp
     from omnilm.files import atomic_folder
     from omnilm.model.gguf_text import OUTTYPES, text_model, write_text_gguf
 
     if outtype not in OUTTYPES:
         raise OmniError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
-    check(model, processor)
+    check(model, approximate_clip)
     converter = llama_cpp.converter()
     out = Path(out)
     name = f"{out.name}-{outtype}"

@@ -2,8 +2,16 @@
 
 llama.cpp's `mlp` graph (tools/mtmd/models/llava.cpp) runs the tower up to one hidden layer (the
 `clip.vision.feature_layer` index, 0 = the embeddings), applies the post-layernorm only if the file
-has one, drops CLIP's class token, then linear -> GELU (tanh form) -> linear. That is omnilm's
-`mlp2x_gelu` over `layer`; omnilm's exact GELU differs from the tanh form by < 1e-3 per value.
+has one, then linear -> GELU (tanh form) -> linear. That is omnilm's `mlp2x_gelu` over `layer`;
+omnilm's exact GELU differs from the tanh form by < 1e-3 per value.
+
+CLIP's class token is where the two part. llama.cpp appends it after the patches, gives the
+sequence positions 0..N in that order, then reads rows 1..N: the patches after the first, and the
+class token last. Writing the position table rolled by one (the class token's row last) makes the
+tower itself compute exactly what transformers' does (attention does not care about order), but
+the projector still sees [patch 1 .. patch N-1, class token] where omnilm trained on
+[patch 0 .. patch N-1]. So a CLIP tower is refused unless the user accepts that one image token
+in N differs (`--approximate-clip`); SigLIP (no class token) exports exactly.
 """
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ PROJECTOR_TYPE = "mlp"
 GELU_ACTS = ("gelu", "gelu_pytorch_tanh", "gelu_new")  # llama.cpp's use_gelu (its GELU is the tanh form)
 
 
-def check_vision(model, processor) -> None:
+def check_vision(model, approximate_clip: bool = False) -> None:
     """Raise (before anything is written) what llama.cpp's `mlp` projector cannot express."""
     image = model.recipe.model.image
     if image.type not in ("clip", "siglip"):
@@ -38,12 +46,12 @@ def check_vision(model, processor) -> None:
                      "tiling: none")
     tower = model.encoders["image"].tower
     if image.type == "clip" and not image.drop_cls:
-        raise refuse("model.image.drop_cls", "false: llama.cpp's mlp projector always drops CLIP's class token",
+        raise refuse("model.image.drop_cls", "false: llama.cpp's mlp projector reads one token per patch",
                      "drop_cls: true")
-    size = processor.image_processor.size
-    if size != tower.config.image_size:
-        raise refuse("model.image.image_size", f"{size}: llama.cpp feeds the tower images of its own size "
-                     f"({tower.config.image_size})", "leave image_size unset")
+    if image.type == "clip" and not approximate_clip:
+        raise refuse("model.image.type", "clip: llama.cpp's mlp graph reads CLIP's class token in place of the "
+                     "first patch (tools/mtmd/models/llava.cpp), so 1 of the image tokens differs from omnilm's",
+                     "a SigLIP tower (model.image.type: siglip), or --approximate-clip to export it anyway")
     if tower.config.hidden_act not in GELU_ACTS + ("quick_gelu",):
         raise refuse("model.image (tower)", f"hidden_act {tower.config.hidden_act!r}: llama.cpp's CLIP runs GELU or "
                      "quick GELU", "a CLIP or SigLIP tower as published")
@@ -84,6 +92,8 @@ def write_vision(writer, model, processor, llm_width: int, weight_type: str) -> 
         gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if gguf_name is None:
             raise refuse("model.image (tower)", f"tensor {name} has no llama.cpp name", "a CLIP or SigLIP tower")
+        if gguf_name == "v.position_embd.weight" and image.type == "clip":
+            tensor = tensor.roll(-1, dims=0)  # [1 + P, D]: the class token's row last, where llama.cpp puts it
         add_tensor(writer, gguf_name, tensor, weight_type)
     projector = model.projectors["image"]
     for index in (0, 2):  # linear_1 and linear_2 of mlp2x_gelu, llama.cpp's mm.0 and mm.2
