@@ -33,12 +33,15 @@ import yaml
 from omnilm.errors import ConfigError, OmniError
 from omnilm.files import atomic_folder
 
+PACKAGE_DIR = Path(__file__).resolve().parent  # omnilm/ (importing omnilm itself would climb to the cli layer)
 APP_FILE = "app.py"
 MODEL_DIR = "model"
 MARK = "Written by `omnilm space`"  # in app.py: a folder with it is ours to replace
 SPACE_EXTRAS = ("serve",)  # pyproject extras the web app needs beside the core dependencies
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 MAX_SHORT_DESCRIPTION = 60  # the hub refuses longer ones
+REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+EXTRA_MARKER = re.compile(r"""extra\s*==\s*["']([^"']+)["']""")
 LICENSE_ID = re.compile(r"[a-z0-9][a-z0-9.+-]*")  # the hub's license ids: apache-2.0, mit, cc-by-4.0, other
 
 
@@ -138,21 +141,16 @@ def _saved_dtype(config_file: Path):
 
 
 def _copy_package(target: Path) -> None:
-    """The omnilm package that is running, without bytecode."""
-    import omnilm
-
-    shutil.copytree(Path(omnilm.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    """The omnilm package that is running (this module's own folder), without bytecode."""
+    shutil.copytree(PACKAGE_DIR, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
 
 
 def pinned_requirements(extras: tuple[str, ...] = ()) -> str:
     """requirements.txt: omnilm's core and web-app dependencies (its installed metadata, so
     pyproject.toml is the one list) at the versions installed here, which scripts/setup.sh
     makes the pins of the repository's requirements.txt."""
-    from packaging.requirements import Requirement
-    from packaging.version import Version
-
     try:
-        declared = [Requirement(r) for r in metadata.requires("omnilm") or []]
+        declared = metadata.requires("omnilm") or []
     except metadata.PackageNotFoundError:
         raise OmniError("omnilm space needs omnilm installed (`pip install -e .` in its source folder), "
                         "to read its dependencies") from None
@@ -160,24 +158,24 @@ def pinned_requirements(extras: tuple[str, ...] = ()) -> str:
     lines = [f"# {MARK}: the versions omnilm {_version()} ran with where the Space was built.",
              "# torch's CPU build: a basic Space has no GPU, and the CUDA wheels are several GB.",
              f"--extra-index-url {TORCH_CPU_INDEX}"]
-    for req in declared:
-        if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in wanted):
+    for requirement in declared:  # 'torch>=2.4', 'gradio; extra == "serve"'
+        name = REQUIREMENT_NAME.match(requirement).group(0)
+        extra = EXTRA_MARKER.search(requirement)
+        if extra is not None and extra.group(1) not in wanted:
             continue
         try:
-            version = metadata.version(req.name)
+            version = metadata.version(name)
         except metadata.PackageNotFoundError:
-            raise OmniError(f"omnilm space: {req.name} is not installed here, so its version cannot be pinned; "
-                            f"install it (scripts/setup.sh installs the pinned set)") from None
-        if req.name == "torch":
-            version = f"{Version(version).public}+cpu"
-        lines.append(f"{req.name}=={version}")
+            raise OmniError(f"omnilm space: {name} is not installed here, so its version cannot be pinned; "
+                            "install it (scripts/setup.sh installs the pinned set)") from None
+        if name == "torch":
+            version = version.split("+")[0] + "+cpu"  # 2.13.0+cu128 or 2.13.0 -> 2.13.0+cpu
+        lines.append(f"{name}=={version}")
     return "\n".join(lines) + "\n"
 
 
 def _version() -> str:
-    import omnilm
-
-    return omnilm.__version__
+    return metadata.version("omnilm")
 
 
 def pinned_version(requirements: str, name: str) -> str:
