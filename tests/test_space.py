@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -64,17 +65,15 @@ def test_the_folder_is_what_a_gradio_space_reads(bundle):
     assert (bundle / "omnilm" / "cli.py").is_file() and not list(bundle.rglob("__pycache__"))
 
 
-@pytest.fixture(scope="module")
-def space_app(bundle, tmp_path_factory):
-    """app.py run from a copy of the folder, with no PYTHONPATH: only the copy's own omnilm."""
-    copy = tmp_path_factory.mktemp("space-copy") / "space"
-    shutil.copytree(bundle, copy)
+@contextmanager
+def running_app(folder: Path, log: Path, **env):
+    """`python app.py` in `folder` with no PYTHONPATH, on 127.0.0.1 and a free port -> its address;
+    terminated (killed if it hangs) on exit."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), HF_HUB_OFFLINE="1")
-    log = copy.parent / "app.log"
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **env,
+           "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
     with open(log, "wb") as sink:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=copy, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -82,7 +81,7 @@ def space_app(bundle, tmp_path_factory):
             assert proc.poll() is None, f"app.py exited ({proc.returncode}):\n{log.read_text()}"
             assert time.monotonic() < deadline, f"app.py did not start in {START_TIMEOUT_S} s:\n{log.read_text()}"
             time.sleep(0.5)
-        yield url, copy, log
+        yield url
     finally:
         proc.terminate()
         try:
@@ -90,6 +89,16 @@ def space_app(bundle, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def space_app(bundle, tmp_path_factory):
+    """app.py run from a copy of the folder, with no PYTHONPATH: only the copy's own omnilm."""
+    copy = tmp_path_factory.mktemp("space-copy") / "space"
+    shutil.copytree(bundle, copy)
+    log = copy.parent / "app.log"
+    with running_app(copy, log, HF_HUB_OFFLINE="1") as url:
+        yield url, copy, log
 
 
 def _answers(url: str) -> bool:
@@ -140,6 +149,24 @@ def test_hub_model_space_names_the_id_and_fails_clearly_offline(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(
         "omnilm: error: cannot download the model someone/tiny-omni from the hub")
+
+
+def test_hub_model_space_starts_from_the_hub_cache(tiny_run, tmp_path):
+    """Offline, a hub model already in the cache (its layout: refs/main -> snapshots/<commit>/)
+    is what snapshot_download returns: the Space serves it under the hub id."""
+    from omnilm.model.saved import load_pretrained, write_model_folder
+
+    cache = tmp_path / "hub"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / "models--someone--tiny-omni"
+    write_model_folder(*load_pretrained(tiny_run), repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    out = tmp_path / "hub-space"
+    assert main(["space", "--hub-model", "someone/tiny-omni", "--out", str(out)]) == 0
+    log = tmp_path / "app.log"
+    with running_app(out, log, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache)):
+        assert f"serving {repo / 'snapshots' / commit} as 'someone/tiny-omni'" in log.read_text()
 
 
 @pytest.fixture
