@@ -213,6 +213,18 @@ def cmd_export(args) -> None:
         print(f"uploaded -> {push_folder(out, args.push_to_hub)}")
 
 
+def cmd_space(args) -> None:
+    from omnilm.model.card import hub_preflight
+    from omnilm.space import build_space, push_space
+
+    if args.push:
+        hub_preflight(args.push, option="--push", instead="build without --push")  # before any work
+    out = build_space(args.out, model=args.model, hub_model=args.hub_model, title=args.title, license=args.license)
+    print(f"Space folder -> {out} (try it: cd {out} && GRADIO_SERVER_NAME=127.0.0.1 python app.py)")
+    if args.push:
+        print(f"uploaded -> {push_space(out, args.push)}")
+
+
 def cmd_convert(args) -> None:
     from omnilm.model.saved import write_run_model
 
@@ -332,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("app", help="the web app alone (image, microphone and text chat)")
     _add_serving_options(p, port=7860)
     p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser("space", help="a Hugging Face Space folder (Gradio) that serves the web app on a model")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="a trained run or export folder, copied into the Space")
+    model.add_argument("--hub-model", metavar="ID", help="a model on the hub, which the Space downloads when it starts")
+    p.add_argument("--out", required=True, help="folder to write (an earlier Space folder is replaced)")
+    p.add_argument("--title", help="the Space's title (default: the model's name)")
+    p.add_argument("--license", default="apache-2.0", help="the Space's license (a hub license id)")
+    p.add_argument("--push", metavar="REPO", help="upload the folder as this Space (user/name)")
+    p.set_defaults(func=cmd_space)
 
     p = sub.add_parser("chat", help="talk to a trained model: one question, or a conversation when none is given")
     p.add_argument("question", nargs="?", help="ask once and exit; without it, start an interactive chat")

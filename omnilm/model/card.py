@@ -139,8 +139,9 @@ def write_model_card(folder: Path, recipe, fmt: str, source: Path | None = None)
     (Path(folder) / CARD).write_text(model_card(recipe, fmt, Path(folder).name.removesuffix(".tmp"), source))
 
 
-def hub_preflight(repo: str) -> None:
-    """Before any export work: the repo name is valid, the hub is reachable and we are logged in."""
+def hub_preflight(repo: str, option: str = "--push-to-hub", instead: str = "export without --push-to-hub") -> None:
+    """Before any work that ends in an upload: the repo name is valid, the hub is reachable and we
+    are logged in. `option` names the flag in the error, `instead` what the user can do meanwhile."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalTokenNotFoundError
     from huggingface_hub.utils import validate_repo_id
@@ -148,20 +149,20 @@ def hub_preflight(repo: str) -> None:
     try:
         validate_repo_id(repo)
     except HFValidationError as err:
-        raise ConfigError(f"--push-to-hub {repo!r}: not a hub repo id (namespace/name): {err}") from None
+        raise ConfigError(f"{option} {repo!r}: not a hub repo id (namespace/name): {err}") from None
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE"):
-        raise OmniError(f"--push-to-hub {repo}: HF_HUB_OFFLINE is set, so nothing can be uploaded; "
-                        "export without --push-to-hub and upload the folder later (`hf upload`)")
+        raise OmniError(f"{option} {repo}: HF_HUB_OFFLINE is set, so nothing can be uploaded; "
+                        f"{instead} and upload the folder later (`hf upload`)")
     try:
         HfApi().whoami()
     except LocalTokenNotFoundError:
-        raise OmniError(f"--push-to-hub {repo}: not logged in to the Hugging Face hub; run `hf auth login` "
+        raise OmniError(f"{option} {repo}: not logged in to the Hugging Face hub; run `hf auth login` "
                         "or set HF_TOKEN") from None
     except HfHubHTTPError as err:
-        raise OmniError(f"--push-to-hub {repo}: the hub refused the token: {err}") from None
+        raise OmniError(f"{option} {repo}: the hub refused the token: {err}") from None
     except Exception as err:  # the HTTP client's connection errors: no route, DNS, refused, timeout
-        raise OmniError(f"--push-to-hub {repo}: cannot reach the Hugging Face hub at {constants.ENDPOINT} "
-                        f"({err}); export without --push-to-hub and upload the folder later") from None
+        raise OmniError(f"{option} {repo}: cannot reach the Hugging Face hub at {constants.ENDPOINT} "
+                        f"({err}); {instead} and upload the folder later") from None
 
 
 def push_folder(folder: Path, repo: str) -> str:
