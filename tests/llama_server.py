@@ -22,13 +22,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def llama_server(text_gguf, mmproj_gguf, log_path, threads: int = 2):
+def llama_server(text_gguf, mmproj_gguf, log_path, threads: int = 2, extra: tuple[str, ...] = ()):
     """Yield the base URL of a llama-server over the two files; its log goes to `log_path`."""
     port = free_port()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [str(binary("llama-server")), "-m", str(text_gguf), "--mmproj", str(mmproj_gguf), "--host", "127.0.0.1",
-             "--port", str(port), "-c", "2048", "-t", str(threads), "-np", "1", "--no-webui", "--no-warmup", "--seed", "0"],
+             "--port", str(port), "-c", "2048", "-t", str(threads), "-np", "1", "--no-webui", "--no-warmup", "--seed", "0", *extra],
             stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:

@@ -115,3 +115,30 @@ def test_what_llama_cpp_cannot_express_is_refused_before_anything_is_written(tmp
     with pytest.raises(NotExpressibleInGGUF, match=f"cannot export to GGUF: {setting}.*nearest exportable choice"):
         export(*load_pretrained(run), tmp_path / "gguf", "gguf")
     assert not (tmp_path / "gguf").exists()
+
+
+@pytest.mark.parametrize("outtype, text_type", [("f16", "MOSTLY_F16"), ("q8_0", "MOSTLY_Q8_0")])
+def test_smaller_outtypes_load_and_stay_close(tmp_path, outtype, text_type):
+    """f16 and q8_0 text models (with an f16 mmproj) load in llama-server; their first-token
+    log-probabilities stay near omnilm's float32 ones (rounding, so no equality asked)."""
+    import gguf
+
+    run = gguf_run(tmp_path / "run", type="siglip", random_config=TINY_SIGLIP, layer=-2)
+    model, processor = load_pretrained(run)
+    out = export(model, processor, tmp_path / "gguf", "gguf", outtype=outtype)
+    name = f"gguf-{outtype}"
+    file_type = gguf.GGUFReader(out / f"{name}.gguf").fields["general.file_type"]
+    assert gguf.LlamaFileType(int(file_type.parts[-1][0])).name == text_type
+    mmproj = gguf.GGUFReader(out / f"mmproj-{name}.gguf")
+    assert {t.tensor_type.name for t in mmproj.tensors if t.name.endswith("attn_q.weight")} == {"F16"}
+    image = draw_shape("green", "triangle", size=TINY_SIGLIP["image_size"], seed=2)
+    _, top = omnilm_reply(model, processor, image)
+    # llama.cpp 0.3.36 crashes repacking q8_0 weights on CPUs with AMX (this Xeon), for its own
+    # converter's files too: q8_0 is served without repacking (README says so)
+    extra = ("--no-repack",) if outtype == "q8_0" else ()
+    with llama_server(out / f"{name}.gguf", out / f"mmproj-{name}.gguf", tmp_path / "log", extra=extra) as url:
+        reply = chat(url, [image_part(image), {"type": "text", "text": QUESTION}], max_tokens=1)
+    theirs = {c["token"]: c["logprob"] for c in reply["logprobs"][0]["top_logprobs"]}
+    shared = set(top) & set(theirs)
+    assert len(shared) >= 3
+    assert max(abs(theirs[t] - top[t]) for t in shared) < 0.25
