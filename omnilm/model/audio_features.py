@@ -3,6 +3,9 @@
 Whisper's feature extractor pads every clip to 30 s; here a clip is cut into window-sized pieces
 (Whisper's 30 s), each piece normalized on its own as Whisper sees it, and padded only to a whole
 number of conv strides, so a 10 s clip makes 500 encoder frames instead of 1,500.
+
+`window_padded_log_mel` is the other choice (the audio encoder's `pad_to_window`): whole windows,
+exactly as llama.cpp's Whisper preprocessing makes them, so a GGUF export hears what omnilm heard.
 """
 from __future__ import annotations
 
@@ -32,6 +35,25 @@ def real_length_log_mel(extractor: WhisperFeatureExtractor, waveform, window: in
     samples = window * extractor.hop_length  # samples per window
     pieces = [wave[i: i + samples] for i in range(0, wave.size, samples)]
     return torch.cat([_log_mel(extractor, piece) for piece in pieces], dim=1)  # [n_mels, F]
+
+
+def window_padded_log_mel(extractor: WhisperFeatureExtractor, waveform, window: int) -> torch.Tensor:
+    """16 kHz mono waveform -> log-mel [n_mels, W * window] in whole windows, as llama.cpp's
+    mtmd_audio_preprocessor_whisper (tools/mtmd/mtmd-audio.cpp) computes it: the clip is followed by
+    one window of silence, the log-mel of all of it is normalized once (Whisper's max - 8 floor, over
+    every frame, not per window), and only full windows are kept. So a clip shorter than a window is
+    Whisper's usual 30-s input, and one of exactly 30 s gets a second, silent window, as there."""
+    wave = np.asarray(waveform, dtype=np.float32).reshape(-1)  # [N]
+    if wave.size == 0:
+        raise MediaError("cannot encode empty audio (0 samples)")
+    hop = extractor.hop_length
+    wave = np.pad(wave, (0, max(0, extractor.n_fft // 2 + 1 - wave.size)))  # llama.cpp's shortest input
+    frames = wave.size // hop + window + 1  # llama.cpp's mel length for the clip + a window of silence
+    # One hop more than llama.cpp's padding: the extractor drops its last frame, llama.cpp does not.
+    padded = np.pad(wave, (0, window * hop + hop))  # [N + (window + 1) * hop]
+    features = extractor(padded, sampling_rate=extractor.sampling_rate, padding="do_not_pad", truncation=False,
+                         return_tensors="np").input_features[0]  # [n_mels, frames]
+    return torch.from_numpy(features[:, : frames // window * window])  # [n_mels, W * window]
 
 
 def _log_mel(extractor: WhisperFeatureExtractor, wave: np.ndarray) -> torch.Tensor:
