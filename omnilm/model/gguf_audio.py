@@ -105,7 +105,9 @@ def write_audio(writer: gguf.GGUFWriter, model, dtype: torch.dtype = torch.float
     writer.add_audio_num_mel_bins(config.num_mel_bins)
     writer.add_audio_stack_factor(settings.stack_frames if isinstance(projector, FrameStack) else 1)
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, config.encoder_layers)
+    # gguf-py maps conv1 / conv2 as if they were blocks 1 and 2 ("audio_tower.conv{bid}"): a map of
+    # fewer than 3 blocks would not know conv2.
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.MMPROJ, max(config.encoder_layers, 3))
     # The Hugging Face names gguf-py's TensorNameMap knows for Whisper and Ultravox's projector.
     tensors = {f"audio_tower.{k}": v for k, v in whisper.state_dict().items()}
     tensors.update({f"audio.multi_modal_projector.{k}": v for k, v in inner.state_dict().items()})
