@@ -200,14 +200,29 @@ def cmd_export(args) -> None:
         hub_preflight(args.push_to_hub)  # an offline machine hears so before minutes of work
     dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
     out = export(*load_pretrained(args.model), args.out, args.format, dtype, source=args.model,
-                 keep_lm_head_bias=args.keep_lm_head_bias)
-    if args.format == "llava":
+                 keep_lm_head_bias=args.keep_lm_head_bias, outtype=args.outtype, approximate_clip=args.approximate_clip)
+    if args.format == "gguf":
+        print(f"exported -> {out} (a text GGUF + mmproj-*.gguf: `llama-server -m {out}/<name>.gguf --mmproj "
+              f"{out}/mmproj-<name>.gguf`, or `ollama create -f {out}/Modelfile`)")
+    elif args.format == "llava":
         print(f"exported -> {out} (LlavaForConditionalGeneration, or LlavaNext... with tiling: anyres, + AutoProcessor; "
               f"`vllm serve {out}`)")
     else:
         print(f"exported -> {out} (OmniLM.from_pretrained + OmniProcessor.from_pretrained, or `omnilm chat --model {out}`)")
     if args.push_to_hub:
         print(f"uploaded -> {push_folder(out, args.push_to_hub)}")
+
+
+def cmd_space(args) -> None:
+    from omnilm.model.card import hub_preflight
+    from omnilm.space import build_space, push_space
+
+    if args.push:
+        hub_preflight(args.push, option="--push", instead="build without --push")  # before any work
+    out = build_space(args.out, model=args.model, hub_model=args.hub_model, title=args.title, license=args.license)
+    print(f"Space folder -> {out} (try it: cd {out} && GRADIO_SERVER_NAME=127.0.0.1 python app.py)")
+    if args.push:
+        print(f"uploaded -> {push_space(out, args.push)}")
 
 
 def cmd_convert(args) -> None:
@@ -298,9 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--dtype", default="auto", choices=CHOICES["model.llm.dtype"])
     # model/export.py FORMATS, restated: importing it loads torch (tests/test_cli_choices.py holds them equal)
-    p.add_argument("--format", default="omnilm", choices=["omnilm", "llava"],
+    p.add_argument("--format", default="omnilm", choices=["omnilm", "llava", "gguf"],
                    help="llava: a transformers LlavaForConditionalGeneration folder (LlavaNext... with tiling: "
-                        "anyres; vLLM, SGLang, TGI serve it)")
+                        "anyres; vLLM, SGLang, TGI serve it); gguf: llama.cpp's text GGUF + mmproj GGUF")
+    # model/gguf_text.py OUTTYPES, restated (as FORMATS)
+    p.add_argument("--outtype", default="f16", choices=["f32", "f16", "q8_0"],
+                   help="gguf: the text model's weight type (the mmproj is f32 or f16)")
+    p.add_argument("--approximate-clip", action="store_true",
+                   help="gguf: export a CLIP tower although llama.cpp reads its class token in place of the first "
+                        "patch (1 image token in N differs; SigLIP exports exactly)")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder to this Hugging Face hub repo")
     p.add_argument("--keep-lm-head-bias", action="store_true",
                    help="llava: write the LLM's LM-head bias (Phi) that vLLM applies and transformers' LLaVA ignores")
@@ -323,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("app", help="the web app alone (image, microphone and text chat)")
     _add_serving_options(p, port=7860)
     p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser("space", help="a Hugging Face Space folder (Gradio) that serves the web app on a model")
+    model = p.add_mutually_exclusive_group(required=True)
+    model.add_argument("--model", help="a trained run or export folder, copied into the Space")
+    model.add_argument("--hub-model", metavar="ID", help="a model on the hub, which the Space downloads when it starts")
+    p.add_argument("--out", required=True, help="folder to write (an earlier Space folder is replaced)")
+    p.add_argument("--title", help="the Space's title (default: the model's name)")
+    p.add_argument("--license", default="apache-2.0", help="the Space's license (a hub license id)")
+    p.add_argument("--push", metavar="REPO", help="upload the folder as this Space (user/name)")
+    p.set_defaults(func=cmd_space)
 
     p = sub.add_parser("chat", help="talk to a trained model: one question, or a conversation when none is given")
     p.add_argument("question", nargs="?", help="ask once and exit; without it, start an interactive chat")

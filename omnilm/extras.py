@@ -24,6 +24,8 @@ EXTRA_OF = {
     "bitsandbytes": "qlora",
     "ctranslate2": "transcribe",
     "efficientnet_lite_pytorch": "zoo",
+    "gguf": "gguf",
+    "sentencepiece": "gguf",
 }
 
 

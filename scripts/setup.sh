@@ -30,4 +30,7 @@ echo "== lmms-eval into .venv-lmms (its own environment: requirements-lmms.txt s
 python -m venv .venv-lmms
 .venv-lmms/bin/python -m pip install -q -c requirements.txt -r requirements-lmms.txt
 .venv-lmms/bin/python -m pip uninstall -q -y torchvision
+echo "== llama.cpp for the GGUF export and its tests (cached after the first build)"
+bash scripts/llama_cpp.sh >/dev/null
+
 python -c "import torch, omnilm; print('omnilm', omnilm.__version__, 'with torch', torch.__version__)"

@@ -6,6 +6,7 @@ from omnilm.config import CHOICES
 from omnilm.eval.benchmarks import BENCHMARKS
 from omnilm.eval.runner import ANSWER_PARTS, METRICS
 from omnilm.model.export import FORMATS
+from omnilm.model.gguf_text import OUTTYPES
 from omnilm.serve.limits import Limits
 
 OWNERS = {
@@ -17,6 +18,7 @@ OWNERS = {
     ("chat", "transcriber_backend"): CHOICES["model.transcriber.backend"],
     ("export", "dtype"): CHOICES["model.llm.dtype"],
     ("export", "format"): FORMATS,
+    ("export", "outtype"): OUTTYPES,
     ("eval", "source"): CHOICES["data.source"],
     ("eval", "metric"): METRICS,
     ("eval", "answer"): tuple(ANSWER_PARTS),

@@ -43,6 +43,17 @@ def _parts(recipe) -> list[str]:
 
 
 def _usage(fmt: str, name: str) -> str:
+    if fmt == "gguf":
+        return f"""Run it with llama.cpp (put each image or audio part first in a message: that is the
+order the model was trained on):
+
+```bash
+llama-mtmd-cli -m {name}-f16.gguf --mmproj mmproj-{name}-f16.gguf --image photo.jpg -p "What is in the image?"
+llama-server -m {name}-f16.gguf --mmproj mmproj-{name}-f16.gguf --port 8080   # OpenAI-compatible API
+ollama create {name} -f Modelfile && ollama run {name}
+```
+
+(The file names carry the `--outtype` the folder was written with.)"""
     if fmt == "llava":
         return f"""```python
 from transformers import AutoProcessor, LlavaForConditionalGeneration
@@ -73,17 +84,18 @@ omnilm serve --model {name}          # OpenAI-compatible API and web app
 def model_card(recipe, fmt: str, name: str, source: Path | None = None) -> str:
     model, data, train = recipe.model, recipe.data, recipe.train
     encoders = [getattr(model, m) for m in ("image", "audio") if getattr(model, m) is not None]
-    meta = {"library_name": "transformers" if fmt == "llava" else "omnilm",
+    meta = {"library_name": {"llava": "transformers", "gguf": "gguf"}.get(fmt, "omnilm"),
             "pipeline_tag": "image-text-to-text" if fmt == "llava" else "any-to-any",
-            "tags": ["omnilm", "multimodal"] + (["llava"] if fmt == "llava" else [])}
+            "tags": ["omnilm", "multimodal"] + ([fmt] if fmt in ("llava", "gguf") else [])}
     base = _hub_ids(model.llm.name_or_path, *(e.name_or_path for e in encoders))
     if base:
         meta["base_model"] = base
     metrics = _last_metrics(source)
     recorded = ("\n".join(f"- {key}: {value:.4g}" if isinstance(value, float) else f"- {key}: {value}"
                           for key, value in metrics.items()) if metrics else "No training metrics were recorded.")
-    what = ("a transformers `LlavaForConditionalGeneration` folder (weights, processor, chat template)"
-            if fmt == "llava" else "an omnilm export folder (`omnilm.load_pretrained`)")
+    what = {"llava": "a transformers `LlavaForConditionalGeneration` folder (weights, processor, chat template)",
+            "gguf": "llama.cpp GGUF files: the text model and its multimodal projector (`mmproj-*.gguf`)",
+            }.get(fmt, "an omnilm export folder (`omnilm.load_pretrained`)")
     limit = f" (first {data.limit} samples)" if data.limit else ""
     recipe_yaml = yaml.safe_dump({"model": recipe.to_dict()["model"], "train": recipe.to_dict()["train"]},
                                  sort_keys=False)
@@ -127,8 +139,9 @@ def write_model_card(folder: Path, recipe, fmt: str, source: Path | None = None)
     (Path(folder) / CARD).write_text(model_card(recipe, fmt, Path(folder).name.removesuffix(".tmp"), source))
 
 
-def hub_preflight(repo: str) -> None:
-    """Before any export work: the repo name is valid, the hub is reachable and we are logged in."""
+def hub_preflight(repo: str, option: str = "--push-to-hub", instead: str = "export without --push-to-hub") -> None:
+    """Before any work that ends in an upload: the repo name is valid, the hub is reachable and we
+    are logged in. `option` names the flag in the error, `instead` what the user can do meanwhile."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalTokenNotFoundError
     from huggingface_hub.utils import validate_repo_id
@@ -136,20 +149,20 @@ def hub_preflight(repo: str) -> None:
     try:
         validate_repo_id(repo)
     except HFValidationError as err:
-        raise ConfigError(f"--push-to-hub {repo!r}: not a hub repo id (namespace/name): {err}") from None
+        raise ConfigError(f"{option} {repo!r}: not a hub repo id (namespace/name): {err}") from None
     if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "0").upper() in ("1", "ON", "YES", "TRUE"):
-        raise OmniError(f"--push-to-hub {repo}: HF_HUB_OFFLINE is set, so nothing can be uploaded; "
-                        "export without --push-to-hub and upload the folder later (`hf upload`)")
+        raise OmniError(f"{option} {repo}: HF_HUB_OFFLINE is set, so nothing can be uploaded; "
+                        f"{instead} and upload the folder later (`hf upload`)")
     try:
         HfApi().whoami()
     except LocalTokenNotFoundError:
-        raise OmniError(f"--push-to-hub {repo}: not logged in to the Hugging Face hub; run `hf auth login` "
+        raise OmniError(f"{option} {repo}: not logged in to the Hugging Face hub; run `hf auth login` "
                         "or set HF_TOKEN") from None
     except HfHubHTTPError as err:
-        raise OmniError(f"--push-to-hub {repo}: the hub refused the token: {err}") from None
+        raise OmniError(f"{option} {repo}: the hub refused the token: {err}") from None
     except Exception as err:  # the HTTP client's connection errors: no route, DNS, refused, timeout
-        raise OmniError(f"--push-to-hub {repo}: cannot reach the Hugging Face hub at {constants.ENDPOINT} "
-                        f"({err}); export without --push-to-hub and upload the folder later") from None
+        raise OmniError(f"{option} {repo}: cannot reach the Hugging Face hub at {constants.ENDPOINT} "
+                        f"({err}); {instead} and upload the folder later") from None
 
 
 def push_folder(folder: Path, repo: str) -> str:

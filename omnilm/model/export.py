@@ -15,11 +15,11 @@ from omnilm.errors import ConfigError
 from omnilm.model.saved import write_model_folder
 
 
-FORMATS = ("omnilm", "llava")
+FORMATS = ("omnilm", "llava", "gguf")
 
 
 def export(model, processor, out, fmt: str = "omnilm", dtype: torch.dtype | None = None, source=None,
-           keep_lm_head_bias: bool = False) -> Path:
+           keep_lm_head_bias: bool = False, outtype: str = "f16", approximate_clip: bool = False) -> Path:
     """`omnilm export`: omnilm's own folder, or a transformers LLaVA folder (omnilm.model.llava_format;
     LLaVA-NeXT with anyres tiling: omnilm.model.llava_next_format);
     either with a model card. `source` is the run folder, for the metrics it recorded."""
@@ -37,6 +37,10 @@ def export(model, processor, out, fmt: str = "omnilm", dtype: torch.dtype | None
         from omnilm.model.llava_format import export_llava
 
         return export_llava(model, processor, out, dtype, card=card, keep_lm_head_bias=keep_lm_head_bias)
+    if fmt == "gguf":
+        from omnilm.model.gguf_format import export_gguf
+
+        return export_gguf(model, processor, out, outtype, card=card, approximate_clip=approximate_clip)
     if keep_lm_head_bias:
         raise ConfigError("--keep-lm-head-bias is for --format llava")
     return write_model_folder(model, processor, out, dtype, card=card)

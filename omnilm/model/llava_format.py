@@ -150,20 +150,25 @@ def _literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+def default_system(processor) -> str:
+    """Jinja that starts `ns.messages` with the recipe's system prompt when the client sends none."""
+    if not processor.system:
+        return ""
+    return (f"{{%- if messages and messages[0]['role'] != 'system' -%}}"
+            f"{{%- set ns.messages = [{{'role': 'system', 'content': {_literal(processor.system)}}}] -%}}"
+            "{%- endif -%}\n")
+
+
 def chat_template(processor, end_text: str) -> str:
     """A Jinja chat template that renders conversations as omnilm's template does, with each
     image written as `<image>` plus the end-of-image token. Contents may be strings with `<image>`
     markers or lists of {"type": "image"} / {"type": "text"} items (joined by newlines, images
     first when the recipe lays media first, as omnilm's server does)."""
-    from omnilm.data.chat import ChatTemplate, get_template
-
     image = _literal(IMAGE_TOKEN + end_text)
     media_first = "true" if processor.media_first else "false"
     preamble = (
         "{%- set ns = namespace(messages=[]) -%}\n"
-        + (f"{{%- if messages and messages[0]['role'] != 'system' -%}}"
-           f"{{%- set ns.messages = [{{'role': 'system', 'content': {_literal(processor.system)}}}] -%}}"
-           "{%- endif -%}\n" if processor.system else "")
+        + default_system(processor)
         + "{%- for message in messages -%}\n"
         "  {%- if message['content'] is string -%}{%- set text = message['content'] -%}\n"
         "  {%- else -%}\n"
@@ -181,10 +186,17 @@ def chat_template(processor, end_text: str) -> str:
         "{%- endfor -%}\n"
         "{%- set messages = ns.messages -%}\n"
     )
+    return preamble + template_body(processor)
+
+
+def template_body(processor) -> str:
+    """The Jinja that renders `messages` (contents already plain strings) as omnilm's template does."""
+    from omnilm.data.chat import ChatTemplate, get_template
+
     template = get_template(processor.template)
     if isinstance(template, ChatTemplate):
-        return preamble + processor.tokenizer.chat_template
-    return preamble + (
+        return processor.tokenizer.chat_template
+    return (
         "{%- for message in messages -%}\n"
         f"  {{%- if message['role'] == 'system' -%}}{{{{ message['content'] + {_literal(template.system_suffix)} }}}}\n"
         f"  {{%- elif message['role'] == 'user' -%}}{{{{ {_literal(template.user_prefix)} + message['content'] + "
