@@ -2,22 +2,13 @@
 of the GGUF mmproj (omnilm.model.gguf_audio), and llama-server hearing a clip as omnilm does."""
 from __future__ import annotations
 
-import base64
 import copy
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, WhisperFeatureExtractor
 
@@ -28,10 +19,12 @@ from omnilm.errors import ConfigError
 from omnilm.model.audio_features import window_padded_log_mel
 from omnilm.model.build import build_model
 from omnilm.model.gguf_audio import check_audio, write_audio
-from omnilm.model.gguf_format import NotExpressibleInGGUF
+from omnilm.model.gguf_format import NotExpressibleInGGUF, export_gguf
 from omnilm.model.projector import UltravoxProjector, build_projector
 from omnilm.training.loop import train
+from omnilm.zoo.smollm2 import smollm2_folder
 from tests.conftest import CONFIGS
+from tests.llama_server import audio_part, chat, llama_server
 
 SR = 16000
 CLIP = Path("/usr/share/pocketsphinx/test/data/librivox/sense_and_sensibility_01_austen_64kb-0880.wav")  # 2.99 s
@@ -143,7 +136,6 @@ def _with(model, projector=None, **settings):
     ({"projector": {"type": "mlp2x_gelu"}}, r"model.audio.projector.type: .* nearest exportable choice: ultravox"),
     ({"projector": {"tokens_per_feature": 2}}, r"tokens_per_feature: .* choice: 1"),
     ({"pad_to_window": False}, r"model.audio.pad_to_window: llama.cpp pads .* choice: pad_to_window: true"),
-    ({"end_token_id": 258}, r"model.audio.end_token_id: llama.cpp places no token .* choice: null"),
     ({"stack_frames": 8}, r"stack_frames: llama.cpp's graph makes ceil\(1500 / 8\) .* aborts; nearest .*: 6"),
     ({"stack_frames": 16, "max_seconds": 60.0}, r"stack_frames: 16 does not divide .* choice: 15, or max_seconds"),
 ])
@@ -160,7 +152,7 @@ def test_check_audio_takes_what_llama_cpp_runs_alike(tiny_ultravox):
 def test_write_audio_names_and_types(tiny_ultravox, tmp_path):
     path = tmp_path / "mmproj.gguf"
     writer = gguf.GGUFWriter(str(path), "clip")
-    write_audio(writer, tiny_ultravox, torch.float16)
+    write_audio(writer, tiny_ultravox, 64, "f16")
     writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
     reader = gguf.GGUFReader(str(path))
     tensors = {t.name: t for t in reader.tensors}
@@ -193,8 +185,8 @@ STEPS = 8
 
 def _tiny_llm(folder: Path) -> Path:
     """A random 2-layer Llama with SmolLM2's real tokenizer and chat template; init 0.2 so that its
-    greedy choices have margins above llama.cpp's rounding."""
-    tokenizer = AutoTokenizer.from_pretrained(_zoo("zoo:smollm2-135m-instruct"))
+    greedy choices have margins well above llama.cpp's rounding (measured: >= 0.1 nats)."""
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder())
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
@@ -205,33 +197,10 @@ def _tiny_llm(folder: Path) -> Path:
     return folder
 
 
-def _zoo(name):
-    from omnilm.zoo.registry import zoo_folder
-
-    return zoo_folder(name)
-
-
-def _text_gguf(llm: Path, out: Path) -> Path:
-    # Until omnilm.model.gguf_text.write_text_gguf lands: llama.cpp's own converter on the saved LLM.
-    subprocess.run([sys.executable, str(llama_cpp.converter()), str(llm), "--outfile", str(out), "--outtype", "f32"],
-                   check=True, capture_output=True, timeout=300)
-    return out
-
-
-def _mmproj(model, out: Path) -> Path:
-    writer = gguf.GGUFWriter(str(out), "clip")
-    # The four keys the coordinator's mmproj writer sets (gguf_format); write_audio adds the rest.
-    writer.add_clip_has_vision_encoder(False)
-    writer.add_clip_has_audio_encoder(True)
-    writer.add_clip_audio_projector_type(gguf.VisionProjectorType.ULTRAVOX)
-    write_audio(writer, model, torch.float32)
-    writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file(), writer.close()
-    return out
-
-
 def _native(model, processor):
-    """omnilm's greedy tokens, their log-probabilities and the clip's audio embeddings."""
-    encoded = processor.encode_prompt(Sample([Message("user", "<audio>" + PROMPT)], audios=[CLIP]))
+    """omnilm's greedy tokens, their log-probabilities and the clip's audio embeddings. omnilm lays
+    the clip, then a newline, then the text, as the exported chat template does after a marker."""
+    encoded = processor.encode_prompt(Sample([Message("user", "<audio>\n" + PROMPT)], audios=[CLIP]))
     ids, logprobs = encoded.input_ids, []
     with torch.no_grad():
         embeddings = model.media_features("audio", encoded.media["audio"], None)  # [150, d_llm]
@@ -239,50 +208,14 @@ def _native(model, processor):
             step = torch.log_softmax(model(ids[None], media=encoded.media).logits[0, -1].float(), -1)
             logprobs.append(float(step.max()))
             ids = torch.cat([ids, step.argmax()[None]])
-    return len(encoded.input_ids), ids[len(encoded.input_ids):].tolist(), logprobs, embeddings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ask_llama_server(text_gguf: Path, mmproj: Path, dump: Path, log: Path) -> dict:
-    port = _free_port()
-    command = [str(llama_cpp.binary("llama-server")), "-m", str(text_gguf), "--mmproj", str(mmproj),
-               "--host", "127.0.0.1", "--port", str(port), "-c", "1024", "-t", "2", "-np", "1", "--no-webui"]
-    # MTMD_DEBUG_EMBEDDINGS=<file>: clip.cpp writes the last audio embeddings it made there.
-    with open(log, "w") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                  env={**os.environ, "MTMD_DEBUG_EMBEDDINGS": str(dump)})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert server.poll() is None, f"llama-server exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, "llama-server did not start within 60 s"
-            try:
-                if json.load(urllib.request.urlopen(url + "/health", timeout=2)).get("status") == "ok":
-                    break
-            except OSError:
-                time.sleep(0.3)
-        audio = base64.b64encode(CLIP.read_bytes()).decode()
-        body = {"messages": [{"role": "user", "content": [
-                    {"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}},
-                    {"type": "text", "text": PROMPT}]}],
-                "temperature": 0, "max_tokens": STEPS, "logprobs": True, "top_logprobs": 1}
-        request = urllib.request.Request(url + "/v1/chat/completions", json.dumps(body).encode(),
-                                         {"Content-Type": "application/json"})
-        return json.load(urllib.request.urlopen(request, timeout=120))
-    finally:
-        server.terminate()
-        server.wait(10)
+    return ids[len(encoded.input_ids):].tolist(), logprobs, embeddings
 
 
 @pytest.mark.skipif(not _llama_cpp_built(), reason=f"llama.cpp not built: {llama_cpp.SETUP}")
 @pytest.mark.skipif(not CLIP.is_file(), reason="needs Debian pocketsphinx-testdata: apt-get install -y pocketsphinx-testdata")
-def test_llama_server_hears_the_clip_as_omnilm_does(tmp_path):
+def test_llama_server_hears_the_clip_as_omnilm_does(tmp_path, monkeypatch):
+    """Whisper tiny.en's real encoder + a random ultravox projector + a tiny LLM, exported (f32) by
+    export_gguf: llama-server's greedy reply to a real 2.99-s speech clip is omnilm's, token for token."""
     recipe = {"model": {"llm": {"name_or_path": str(_tiny_llm(tmp_path / "llm")), "dtype": "float32"},
                         "audio": {"type": "whisper", "name_or_path": "zoo:whisper-tiny.en", "max_seconds": 29.0,
                                   **ULTRAVOX}},
@@ -290,16 +223,17 @@ def test_llama_server_hears_the_clip_as_omnilm_does(tmp_path):
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     model, processor = build_model(load_recipe(tmp_path / "recipe.yaml"))
     model.eval()
-    prompt_tokens, tokens, logprobs, embeddings = _native(model, processor)
+    tokens, logprobs, embeddings = _native(model, processor)
 
-    reply = _ask_llama_server(_text_gguf(tmp_path / "llm", tmp_path / "text.gguf"),
-                              _mmproj(model, tmp_path / "mmproj.gguf"), tmp_path / "audio.bin", tmp_path / "server.log")
-    assert reply["usage"]["prompt_tokens"] == prompt_tokens  # 150 audio tokens, the same template
-    assert reply["choices"][0]["message"]["content"] == processor.tokenizer.decode(tokens)  # same greedy tokens
-    theirs = [step["logprob"] for step in reply["choices"][0]["logprobs"]["content"]]
-    # Measured: at most ~0.015 apart (F16 im2col in ggml's conv_1d; text alone ~0.002).
-    np.testing.assert_allclose(theirs, logprobs, atol=0.05)
-    n, d = np.fromfile(tmp_path / "audio.bin", dtype=np.int32, count=2)
-    dumped = torch.from_numpy(np.fromfile(tmp_path / "audio.bin", dtype=np.float32)[2:].reshape(n, d))
+    folder = export_gguf(model, processor, tmp_path / "tiny", outtype="f32")
+    dump = tmp_path / "audio.bin"
+    monkeypatch.setenv("MTMD_DEBUG_EMBEDDINGS", str(dump))  # clip.cpp writes the audio embeddings it made there
+    with llama_server(folder / "tiny-f32.gguf", folder / "mmproj-tiny-f32.gguf", tmp_path / "server.log") as url:
+        reply = chat(url, [audio_part(CLIP.read_bytes()), {"type": "text", "text": PROMPT}], max_tokens=STEPS)
+    assert reply["text"] == processor.tokenizer.decode(tokens)  # the same 8 greedy tokens
+    # Measured: at most ~0.015 nats apart (ggml's conv_1d runs its im2col in F16; text alone ~0.002).
+    np.testing.assert_allclose([step["logprob"] for step in reply["logprobs"]], logprobs, atol=0.05)
+    n, d = np.fromfile(dump, dtype=np.int32, count=2)
+    dumped = torch.from_numpy(np.fromfile(dump, dtype=np.float32)[2:].reshape(n, d))
     relative = (dumped - embeddings).norm(dim=1) / embeddings.norm(dim=1)  # per audio token
     assert (n, d) == tuple(embeddings.shape) and float(relative.max()) < 2e-3  # measured ~6e-4

@@ -10,7 +10,8 @@ What llama.cpp does with a clip, and so what omnilm must have done for the same 
 - the encoder's 1,500 frames a window are stacked k at a time, the tail zero-padded, and the
   count it expects is ceil(3000 / k) // 2 tokens: for k where that is not ceil(1500 / k)
   (k = 7, 8, 11, ...) llama.cpp aborts ("Invalid number of output tokens");
-- no token is placed before or after an ultravox clip's embeddings.
+- llama.cpp itself places no token before or after an ultravox clip; an end_token_id is written
+  after each media marker by the exported chat template (omnilm.model.gguf_text).
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ SAMPLE_RATE = 16000  # llama.cpp's Whisper preprocessing: 16 kHz, n_fft 400, hop
 WINDOW_POSITIONS = 1500  # encoder frames in llama.cpp's fixed 3,000-frame chunk
 HOP = 160
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which Whisper's layers use
-MATRIX_TYPES = {torch.float32: gguf.GGMLQuantizationType.F32, torch.float16: gguf.GGMLQuantizationType.F16,
-                torch.bfloat16: gguf.GGMLQuantizationType.BF16}
+PROJECTOR_TYPE = gguf.VisionProjectorType.ULTRAVOX  # clip.audio.projector_type (set by gguf_format)
+MATRIX_TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
+                "bf16": gguf.GGMLQuantizationType.BF16}
 
 
 def check_audio(model) -> None:
@@ -48,8 +50,6 @@ def check_audio(model) -> None:
         raise refuse("model.audio.pad_to_window", "llama.cpp pads every clip to whole 30-s windows and the model "
                      "heard real-length audio, so its audio tokens (and their number) would differ",
                      "pad_to_window: true, then train the projector with it")
-    if settings.end_token_id is not None:
-        raise refuse("model.audio.end_token_id", "llama.cpp places no token after an ultravox clip", "null")
     whisper = model.encoders["audio"].encoder.config
     if whisper.max_source_positions != WINDOW_POSITIONS:
         raise refuse("the Whisper encoder's max_source_positions", "llama.cpp cuts audio into 30-s chunks of "
@@ -82,10 +82,10 @@ def _nearest_divisor(k: int) -> int:
     return min((d for d in range(1, WINDOW_POSITIONS + 1) if WINDOW_POSITIONS % d == 0), key=lambda d: (abs(d - k), d))
 
 
-def write_audio(writer: gguf.GGUFWriter, model, dtype: torch.dtype = torch.float32) -> None:
+def write_audio(writer: gguf.GGUFWriter, model, llm_width: int, weight_type: str = "f32") -> None:
     """Add the audio encoder + projector to an mmproj (arch "clip") writer: hyperparameters and
-    tensors with clip.cpp's names and layouts. Matrices are stored in `dtype` (float32 / float16 /
-    bfloat16); norms, biases stay F32 and conv kernels F16, as llama.cpp's converter writes them
+    tensors with clip.cpp's names and layouts. Matrices are stored as `weight_type` (f32 / f16 /
+    bf16); norms, biases stay F32 and conv kernels F16, as llama.cpp's converter writes them
     (ggml's conv_1d runs its im2col in F16 whatever the kernel's type)."""
     check_audio(model)
     settings = model.config.encoder("audio")
@@ -94,9 +94,12 @@ def write_audio(writer: gguf.GGUFWriter, model, dtype: torch.dtype = torch.float
     inner = projector.inner if isinstance(projector, FrameStack) else projector
     if not isinstance(inner, UltravoxProjector):  # check_audio read the settings; these are the weights
         raise refuse("model.audio.projector", f"the audio projector is a {type(inner).__name__}", "ultravox")
+    if inner.linear_2.out_features != llm_width:
+        raise refuse("the audio projector", f"it makes {inner.linear_2.out_features}-wide embeddings for an LLM "
+                     f"{llm_width} wide", "a model built with its own LLM")
     config = whisper.config
 
-    writer.add_audio_projection_dim(inner.linear_2.out_features)  # the LLM's width
+    writer.add_audio_projection_dim(llm_width)
     writer.add_audio_embedding_length(config.d_model)
     writer.add_audio_feed_forward_length(config.encoder_ffn_dim)
     writer.add_audio_block_count(config.encoder_layers)
@@ -118,18 +121,18 @@ def write_audio(writer: gguf.GGUFWriter, model, dtype: torch.dtype = torch.float
         data = tensor.detach().to(device="cpu", dtype=torch.float32)
         if hf_name.endswith(("conv1.bias", "conv2.bias")):
             data = data.unsqueeze(-1)  # [D] -> [D, 1]: clip.cpp adds it to the conv output [T, D]
-        _add(writer, name, data.numpy(), _type_of(name, data, dtype))
+        _add(writer, name, data.numpy(), _type_of(name, data, weight_type))
 
 
-def _type_of(name: str, data: torch.Tensor, dtype: torch.dtype) -> gguf.GGMLQuantizationType:
+def _type_of(name: str, data: torch.Tensor, weight_type: str) -> gguf.GGMLQuantizationType:
     if ".conv1d." in name and name.endswith(".weight"):
         return gguf.GGMLQuantizationType.F16
     if data.dim() < 2 or data.shape[-1] == 1:  # norms and biases
         return gguf.GGMLQuantizationType.F32
-    if dtype not in MATRIX_TYPES:
-        raise refuse("the export dtype", f"the audio encoder's matrices can be stored as "
-                     f"{', '.join(map(str, MATRIX_TYPES))}, not {dtype}", "torch.float32")
-    return MATRIX_TYPES[dtype]
+    if weight_type not in MATRIX_TYPES:
+        raise refuse("the mmproj weight type", f"the audio encoder's matrices can be stored as "
+                     f"{', '.join(MATRIX_TYPES)}, not {weight_type}", "f16")
+    return MATRIX_TYPES[weight_type]
 
 
 def _add(writer: gguf.GGUFWriter, name: str, data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> None:
