@@ -6,7 +6,8 @@
 coordinator's writer sets `clip.has_audio_encoder` and `clip.audio.projector_type`).
 What llama.cpp does with a clip, and so what omnilm must have done for the same tokens:
 - each clip is padded to whole 30-s windows (3,000 mel frames, hard-coded), normalized once over
-  the clip and a window of silence, and each window is its own encoder run (`pad_to_window`);
+  the clip and a window of silence with the mel power floored at 2^-24 (Whisper: 1e-10), and each
+  window is its own encoder run (`pad_to_window`, omnilm.model.audio_features);
 - the encoder's 1,500 frames a window are stacked k at a time, the tail zero-padded, and the
   count it expects is ceil(3000 / k) // 2 tokens: for k where that is not ceil(1500 / k)
   (k = 7, 8, 11, ...) llama.cpp aborts ("Invalid number of output tokens");
