@@ -28,7 +28,7 @@ SEED_LIMIT = 2**32  # numpy and torch generators both take seeds in [0, 2**32)
 Stage = Literal["align", "audio-align", "instruct", "projectors", "finetune"]
 Source = Literal["coco", "llava", "jsonl", "asr", "hf", "easyvqa"]
 Template = Literal["caption", "plain", "phi", "chat"]
-ProjectorType = Literal["resblock", "mlp2x_gelu", "mlp", "linear"]
+ProjectorType = Literal["resblock", "mlp2x_gelu", "mlp", "linear", "ultravox"]
 TranscriberBackend = Literal["transformers", "ctranslate2"]
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]  # auto: bf16 on GPU, fp32 on CPU
 Quantization = Literal["none", "nf4"]  # nf4: a QLoRA base
@@ -70,7 +70,8 @@ def bounded(default=None, *, factory=None, **bounds):
 @dataclass
 class ProjectorConfig:
     type: ProjectorType = "resblock"
-    hidden_size: Optional[int] = bounded(None, ge=1)  # inner width for mlp types; default = LLM width
+    # inner width for mlp types (default: the LLM width) and ultravox (default: twice the LLM width, halved by its SwiGLU)
+    hidden_size: Optional[int] = bounded(None, ge=1)
     tokens_per_feature: int = bounded(1, ge=1)  # LLM tokens made from each encoder feature vector
     # CLIP/SigLIP: N x N neighbouring patch tokens merged into one vector (N^2 times as wide) first
     pixel_shuffle: int = bounded(1, ge=1, le=4)
@@ -87,6 +88,9 @@ class EncoderConfig:
     pool_grid: Optional[int] = bounded(None, ge=1)  # efficientnet_lite0: average-pool the feature grid to N x N
     stack_frames: int = bounded(8, ge=1)  # audio: consecutive encoder frames stacked into one token
     max_seconds: float = bounded(120.0, gt=0)  # audio: longer inputs are rejected
+    # whisper: each clip padded to whole 30-s windows as llama.cpp does (needed by a GGUF export), not
+    # encoded at its real length; costs 1,500 / stack_frames tokens a window however short the clip
+    pad_to_window: bool = False
     tiling: Tiling = "none"  # clip/siglip: how an image is cut into tower-sized tiles (omnilm.model.tiling)
     # anyres: the grid sizes [height, width] in pixels to choose from, each a multiple of the tower's
     # image size (default: LLaVA-NeXT's 1x2, 2x1, 2x2, 3x1 and 1x3 tiles)
@@ -403,6 +407,10 @@ def check_encoder(enc: EncoderConfig, where: str) -> None:
         users = ", ".join(name for name, s in ENCODERS.items() if s.patch_grid)
         raise ConfigError(f"{where}.projector.pixel_shuffle: for encoders with a square patch grid ({users}) "
                           f"only, not {enc.type}")
+    hidden = enc.projector.hidden_size
+    if enc.projector.type == "ultravox" and hidden is not None and hidden % 2:
+        raise ConfigError(f"{where}.projector.hidden_size = {hidden}: the ultravox projector's SwiGLU halves it, "
+                          f"so it must be even; try {hidden + 1}")
     defaults = EncoderConfig()
     for option in TYPE_OPTIONS:
         if option not in spec.options and getattr(enc, option) != getattr(defaults, option):

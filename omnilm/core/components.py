@@ -62,10 +62,10 @@ ENCODERS = {
         "omnilm.model.preprocessors:efficientnet_preprocessor",
         options=("image_size", "pool_grid"), fixed_architecture=True),
     "whisper": EncoderSpec(
-        "audio", "16 kHz mono -> log-mel at the real length, in 30-s windows",
+        "audio", "16 kHz mono -> log-mel at the real length in 30-s windows (pad_to_window: whole windows)",
         "one encoder frame per 20 ms; the projector stacks stack_frames of them into one token", True,
         "omnilm.model.whisper_encoder:build_whisper_encoder", "omnilm.model.preprocessors:whisper_preprocessor",
-        options=("stack_frames", "max_seconds")),
+        options=("stack_frames", "max_seconds", "pad_to_window")),
 }
 
 

@@ -22,7 +22,7 @@ from omnilm.data.encoded import Encoded
 from omnilm.data.images import load_image
 from omnilm.data.markers import media_first
 from omnilm.errors import DataError, MediaError
-from omnilm.model.audio_features import encoder_frames, real_length_log_mel
+from omnilm.model.audio_features import encoder_frames, real_length_log_mel, window_padded_log_mel
 from omnilm.model.configuration import OmniConfig
 from omnilm.model.image_processing import CenterCropImageProcessor, SplitImageProcessor
 from omnilm.model.tiling import TileFeatures, Tiles, Tiling, grid_of, token_count
@@ -54,7 +54,7 @@ class OmniProcessor(ProcessorMixin):
     def __init__(self, tokenizer, image_processor=None, feature_extractor=None, template: str = "plain",
                  max_length: int = 512, system: str | None = None, media_first: bool = False,
                  end_token_ids: dict | None = None, image_tokens: int | None = None,
-                 audio_window_frames: int | None = None, stack_frames: dict | None = None,
+                 audio_window_frames: int | None = None, audio_pad_to_window: bool = False, stack_frames: dict | None = None,
                  tokens_per_feature: dict | None = None, pixel_shuffle: dict | None = None, audio_max_seconds: float = 120.0,
                  audio_route: str = "none", transcriber: dict | None = None, allow_special_tokens: bool = False,
                  tiling: dict | None = None, chat_template=None):
@@ -75,6 +75,7 @@ class OmniProcessor(ProcessorMixin):
         self.tiling = tiling  # omnilm.model.tiling.Tiling's settings (what is saved): images cut into tiles
         self.image_tiling = Tiling.from_dict(tiling) if tiling else None  # None: one view per image
         self.audio_window_frames = audio_window_frames  # mel frames per Whisper window
+        self.audio_pad_to_window = audio_pad_to_window  # whole windows, as llama.cpp makes them (see EncoderConfig)
         self.stack_frames = dict(stack_frames or {})  # projectors that stack k encoder frames into one token
         self.tokens_per_feature = dict(tokens_per_feature or {})  # projectors that expand each feature
         self.pixel_shuffle = dict(pixel_shuffle or {})  # projectors that merge N x N patches into one token
@@ -102,6 +103,7 @@ class OmniProcessor(ProcessorMixin):
                    image_tokens=image.image_tokens if image else None,
                    tiling=image.tiling.as_dict() if image and image.tiling else None,
                    audio_window_frames=audio.audio_window_frames if audio else None,
+                   audio_pad_to_window=model.audio.pad_to_window if model.audio is not None else False,
                    stack_frames={m: ENCODERS[cfg.type].stack(cfg) for m, cfg in encoders.items()},
                    tokens_per_feature={m: cfg.projector.tokens_per_feature for m, cfg in encoders.items()},
                    pixel_shuffle={m: cfg.projector.pixel_shuffle for m, cfg in encoders.items()},
@@ -146,7 +148,8 @@ class OmniProcessor(ProcessorMixin):
         real-length log-mel [n_mels, F]."""
         part = self.media_part(modality)
         if isinstance(part, WhisperFeatureExtractor):
-            return real_length_log_mel(part, item, self.audio_window_frames)
+            log_mel = window_padded_log_mel if self.audio_pad_to_window else real_length_log_mel
+            return log_mel(part, item, self.audio_window_frames)
         pixels = part(item, return_tensors="pt")["pixel_values"][0]  # [3, S, S], tiled: [n, 3, S, S]
         if self.image_tiling is None:
             return pixels

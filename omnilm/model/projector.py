@@ -33,7 +33,36 @@ def linear(d_in: int, d_out: int, hidden: int | None = None) -> nn.Module:
     return nn.Linear(d_in, d_out)
 
 
-PROJECTORS = {"resblock": ResBlockProjector, "mlp2x_gelu": mlp2x_gelu, "mlp": mlp2x_gelu, "linear": linear}
+# ggml_rms_norm's epsilon in llama.cpp's Ultravox graph (tools/mtmd/models/whisper-enc.cpp), and Ultravox's own.
+ULTRAVOX_NORM_EPS = 1e-6
+
+
+class UltravoxProjector(nn.Module):
+    """Ultravox's audio projector (fixie-ai's UltravoxProjector; llama.cpp's `ultravox` mmproj runs
+    the same graph): RMSNorm -> Linear -> SwiGLU -> RMSNorm -> Linear, no biases anywhere (llama.cpp
+    loads none). The SwiGLU splits linear_1's output in halves [x, gate] and returns x * silu(gate):
+    the SECOND half is gated, as Ultravox's SwiGLU does and as llama.cpp's ggml_swiglu_swapped
+    computes, so weights trained here mean the same there. `hidden` (default twice the LLM width)
+    is linear_1's width; the SwiGLU halves it."""
+
+    def __init__(self, d_in: int, d_out: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or 2 * d_out
+        if hidden % 2:
+            raise ConfigError(f"projector hidden_size must be even for the ultravox projector "
+                              f"(its SwiGLU halves it), got {hidden}; try {hidden + 1}")
+        self.ln_pre = nn.RMSNorm(d_in, eps=ULTRAVOX_NORM_EPS)
+        self.linear_1 = nn.Linear(d_in, hidden, bias=False)
+        self.ln_mid = nn.RMSNorm(hidden // 2, eps=ULTRAVOX_NORM_EPS)
+        self.linear_2 = nn.Linear(hidden // 2, d_out, bias=False)
+
+    def forward(self, x):  # [N, d_in]
+        x, gate = self.linear_1(self.ln_pre(x)).chunk(2, dim=-1)  # 2 x [N, hidden / 2]
+        return self.linear_2(self.ln_mid(x * F.silu(gate)))  # [N, d_out]
+
+
+PROJECTORS = {"resblock": ResBlockProjector, "mlp2x_gelu": mlp2x_gelu, "mlp": mlp2x_gelu, "linear": linear,
+              "ultravox": UltravoxProjector}
 
 
 class Expand(nn.Module):
