@@ -142,3 +142,36 @@ def test_smaller_outtypes_load_and_stay_close(tmp_path, outtype, text_type):
     shared = set(top) & set(theirs)
     assert len(shared) >= 3
     assert max(abs(theirs[t] - top[t]) for t in shared) < 0.25
+
+
+def test_one_mmproj_with_image_and_audio_answers_a_request_with_both(tmp_path):
+    """A SigLIP tower and Whisper tiny.en's real encoder (ultravox projector) in one mmproj: an
+    image, a real speech clip and a question in one message get omnilm's greedy reply."""
+    import yaml
+
+    from omnilm.config import load_recipe
+    from omnilm.model.build import build_model
+    from tests.llama_server import audio_part
+    from tests.test_gguf_audio import CLIP, ULTRAVOX, _tiny_llm
+
+    recipe = {"model": {"llm": {"name_or_path": str(_tiny_llm(tmp_path / "llm")), "dtype": "float32"},
+                        "image": {"type": "siglip", "random_config": TINY_SIGLIP, "layer": -2,
+                                  "projector": {"type": "mlp2x_gelu"}},
+                        "audio": {"type": "whisper", "name_or_path": "zoo:whisper-tiny.en", "max_seconds": 29.0,
+                                  **ULTRAVOX}},
+              "data": {"template": "chat", "max_length": 1024}, "train": {"output_dir": str(tmp_path / "run")}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    model, processor = build_model(load_recipe(tmp_path / "recipe.yaml"))
+    model.eval()
+    image = draw_shape("yellow", "circle", size=TINY_SIGLIP["image_size"], seed=4)
+    encoded = processor.encode_prompt(Sample([Message("user", f"<image>\n<audio>\n{QUESTION}")], images=[image],
+                                             audios=[CLIP]))
+    ids = encoded.input_ids[None]
+    with torch.no_grad():
+        tokens = model.generate(ids, torch.ones_like(ids), media=encoded.media, max_new_tokens=NEW_TOKENS,
+                                do_sample=False)[0]
+    out = export(model, processor, tmp_path / "both", "gguf", outtype="f32")
+    with llama_server(out / "both-f32.gguf", out / "mmproj-both-f32.gguf", tmp_path / "log") as url:
+        reply = chat(url, [image_part(image), audio_part(CLIP.read_bytes()), {"type": "text", "text": QUESTION}],
+                     max_tokens=NEW_TOKENS)
+    assert len(tokens) == NEW_TOKENS and reply["text"] == processor.tokenizer.decode(tokens)

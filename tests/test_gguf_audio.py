@@ -12,7 +12,6 @@ import torch
 import yaml
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, WhisperFeatureExtractor
 
-from omnilm import llama_cpp
 from omnilm.config import load_recipe
 from omnilm.core.sample import PLACEHOLDER_IDS, Message, Sample
 from omnilm.errors import ConfigError
@@ -172,13 +171,6 @@ def test_write_audio_names_and_types(tiny_ultravox, tmp_path):
 
 # ---- llama-server hears what omnilm heard ----------------------------------------------------
 
-def _llama_cpp_built() -> bool:
-    try:
-        return llama_cpp.binary("llama-server").is_file() and llama_cpp.converter().is_file()
-    except llama_cpp.LlamaCppMissing:
-        return False
-
-
 PROMPT = "What is said?"
 STEPS = 8
 
@@ -211,8 +203,6 @@ def _native(model, processor):
     return ids[len(encoded.input_ids):].tolist(), logprobs, embeddings
 
 
-@pytest.mark.skipif(not _llama_cpp_built(), reason=f"llama.cpp not built: {llama_cpp.SETUP}")
-@pytest.mark.skipif(not CLIP.is_file(), reason="needs Debian pocketsphinx-testdata: apt-get install -y pocketsphinx-testdata")
 def test_llama_server_hears_the_clip_as_omnilm_does(tmp_path, monkeypatch):
     """Whisper tiny.en's real encoder + a random ultravox projector + a tiny LLM, exported (f32) by
     export_gguf: llama-server's greedy reply to a real 2.99-s speech clip is omnilm's, token for token."""
