@@ -22,7 +22,7 @@ import gguf
 import numpy as np
 import torch
 
-from omnilm.model.gguf_format import refuse
+from omnilm.model.gguf_refusal import refuse
 from omnilm.model.projector import FrameStack, UltravoxProjector
 
 SAMPLE_RATE = 16000  # llama.cpp's Whisper preprocessing: 16 kHz, n_fft 400, hop 160, 30-s chunks

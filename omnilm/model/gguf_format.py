@@ -15,16 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from omnilm.errors import OmniError
+from omnilm.model.gguf_refusal import NotExpressibleInGGUF, refuse  # noqa: F401 (the export's error)
 
 WEIGHT_TYPES = {"f32": "f32", "f16": "f16", "q8_0": "f16"}  # text outtype -> the mmproj's (llama.cpp's usual pair)
 
 
-class NotExpressibleInGGUF(OmniError):
-    """The model does something llama.cpp's runtime cannot: the export would answer differently."""
-
-
-def refuse(setting: str, reason: str, nearest: str) -> NotExpressibleInGGUF:
-    return NotExpressibleInGGUF(f"cannot export to GGUF: {setting}: {reason}; nearest exportable choice: {nearest}")
 
 
 def check(model, approximate_clip: bool = False) -> None:

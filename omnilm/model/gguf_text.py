@@ -76,7 +76,7 @@ def text_model(model, processor):
     media = [part for part in (model.recipe.model.image, model.recipe.model.audio) if part is not None]
     ends = {end_text(tokenizer, llm, part.end_token_id) for part in media}
     if len(ends) > 1:  # one template cannot tell an image marker from an audio one
-        from omnilm.model.gguf_format import refuse
+        from omnilm.model.gguf_refusal import refuse
 
         raise refuse("model.audio.end_token_id", "differs from model.image.end_token_id: llama.cpp's media markers "
                      "do not say which kind of item they stand for", "the same end_token_id for both")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from omnilm.model.gguf_format import refuse
+from omnilm.model.gguf_refusal import refuse
 from omnilm.model.llava_source import TOWER_PREFIX
 
 PROJECTOR_TYPE = "mlp"
