@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 
 import gguf
-import numpy as np
 import torch
 
-from omnilm.model.gguf_refusal import refuse
+from omnilm.model.gguf_parts import add_tensor, refuse
 from omnilm.model.projector import FrameStack, UltravoxProjector
 
 SAMPLE_RATE = 16000  # llama.cpp's Whisper preprocessing: 16 kHz, n_fft 400, hop 160, 30-s chunks
@@ -30,8 +29,6 @@ WINDOW_POSITIONS = 1500  # encoder frames in llama.cpp's fixed 3,000-frame chunk
 HOP = 160
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default, which Whisper's layers use
 PROJECTOR_TYPE = gguf.VisionProjectorType.ULTRAVOX  # clip.audio.projector_type (set by gguf_format)
-MATRIX_TYPES = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
-                "bf16": gguf.GGMLQuantizationType.BF16}
 
 
 def check_audio(model) -> None:
@@ -85,10 +82,7 @@ def _nearest_divisor(k: int) -> int:
 
 def write_audio(writer: gguf.GGUFWriter, model, llm_width: int, weight_type: str = "f32") -> None:
     """Add the audio encoder + projector to an mmproj (arch "clip") writer: hyperparameters and
-    tensors with clip.cpp's names and layouts. Matrices are stored as `weight_type` (f32 / f16 /
-    bf16); norms, biases stay F32 and conv kernels F16, as llama.cpp's converter writes them
-    (ggml's conv_1d runs its im2col in F16 whatever the kernel's type)."""
-    check_audio(model)
+    tensors with clip.cpp's names and layouts (the settings were checked by check_audio first)."""
     settings = model.config.encoder("audio")
     whisper = model.encoders["audio"].encoder
     projector = model.projectors["audio"]
@@ -119,27 +113,17 @@ def write_audio(writer: gguf.GGUFWriter, model, llm_width: int, weight_type: str
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise refuse("the audio encoder", f"llama.cpp has no tensor for {hf_name}", "a transformers WhisperEncoder")
-        data = tensor.detach().to(device="cpu", dtype=torch.float32)
         if hf_name.endswith(("conv1.bias", "conv2.bias")):
-            data = data.unsqueeze(-1)  # [D] -> [D, 1]: clip.cpp adds it to the conv output [T, D]
-        _add(writer, name, data.numpy(), _type_of(name, data, weight_type))
+            tensor = tensor.unsqueeze(-1)  # [D] -> [D, 1]: clip.cpp adds it to the conv output [T, D]
+        add_tensor(writer, name, tensor, tensor_type(name, tensor, weight_type))
 
 
-def _type_of(name: str, data: torch.Tensor, weight_type: str) -> gguf.GGMLQuantizationType:
+
+def tensor_type(name: str, tensor: torch.Tensor, weight_type: str) -> str:
+    """Matrices in `weight_type` (f32 / f16); norms and biases f32; conv kernels f16, as llama.cpp's
+    converter writes them (ggml's conv_1d runs its im2col in F16 whatever the kernel's type)."""
     if ".conv1d." in name and name.endswith(".weight"):
-        return gguf.GGMLQuantizationType.F16
-    if data.dim() < 2 or data.shape[-1] == 1:  # norms and biases
-        return gguf.GGMLQuantizationType.F32
-    if weight_type not in MATRIX_TYPES:
-        raise refuse("the mmproj weight type", f"the audio encoder's matrices can be stored as "
-                     f"{', '.join(MATRIX_TYPES)}, not {weight_type}", "f16")
-    return MATRIX_TYPES[weight_type]
-
-
-def _add(writer: gguf.GGUFWriter, name: str, data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> None:
-    if qtype == gguf.GGMLQuantizationType.F32:
-        writer.add_tensor(name, np.ascontiguousarray(data))
-    elif qtype == gguf.GGMLQuantizationType.F16:
-        writer.add_tensor(name, data.astype(np.float16))
-    else:
-        writer.add_tensor(name, gguf.quants.quantize(data, qtype), raw_shape=data.shape, raw_dtype=qtype)
+        return "f16"
+    if tensor.dim() < 2 or tensor.shape[-1] == 1:  # norms and biases
+        return "f32"
+    return weight_type

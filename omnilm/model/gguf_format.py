@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from omnilm.errors import OmniError
-from omnilm.model.gguf_refusal import NotExpressibleInGGUF, refuse  # noqa: F401 (the export's error)
+from omnilm.model.gguf_parts import NotExpressibleInGGUF, refuse  # noqa: F401 (the export's error)
 
 WEIGHT_TYPES = {"f32": "f32", "f16": "f16", "q8_0": "f16"}  # text outtype -> the mmproj's (llama.cpp's usual pair)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from omnilm.model.gguf_parts import refuse
 from omnilm.model.llava_format import IMAGE_END_TOKEN, _literal, default_system, template_body
 from omnilm.model.merge import plain_llm
 
@@ -76,8 +77,6 @@ def text_model(model, processor):
     media = [part for part in (model.recipe.model.image, model.recipe.model.audio) if part is not None]
     ends = {end_text(tokenizer, llm, part.end_token_id) for part in media}
     if len(ends) > 1:  # one template cannot tell an image marker from an audio one
-        from omnilm.model.gguf_refusal import refuse
-
         raise refuse("model.audio.end_token_id", "differs from model.image.end_token_id: llama.cpp's media markers "
                      "do not say which kind of item they stand for", "the same end_token_id for both")
     tokenizer.chat_template = chat_template(processor, (ends.pop() if ends else "") + "\n")

@@ -15,10 +15,9 @@ in N differs (`--approximate-clip`); SigLIP (no class token) exports exactly.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from omnilm.model.gguf_refusal import refuse
+from omnilm.model.gguf_parts import add_tensor, refuse
 from omnilm.model.llava_source import TOWER_PREFIX
 
 PROJECTOR_TYPE = "mlp"
@@ -94,16 +93,15 @@ def write_vision(writer, model, processor, llm_width: int, weight_type: str) -> 
             raise refuse("model.image (tower)", f"tensor {name} has no llama.cpp name", "a CLIP or SigLIP tower")
         if gguf_name == "v.position_embd.weight" and image.type == "clip":
             tensor = tensor.roll(-1, dims=0)  # [1 + P, D]: the class token's row last, where llama.cpp puts it
-        add_tensor(writer, gguf_name, tensor, weight_type)
+        add_tensor(writer, gguf_name, tensor, tensor_type(gguf_name, tensor, weight_type))
     projector = model.projectors["image"]
     for index in (0, 2):  # linear_1 and linear_2 of mlp2x_gelu, llama.cpp's mm.0 and mm.2
         add_tensor(writer, f"mm.{index}.weight", projector[index].weight, weight_type)
-        add_tensor(writer, f"mm.{index}.bias", projector[index].bias, weight_type)
+        add_tensor(writer, f"mm.{index}.bias", projector[index].bias, "f32")
 
 
-def add_tensor(writer, name: str, tensor: torch.Tensor, weight_type: str) -> None:
-    """Matrices (and conv kernels) in `weight_type` (f32 or f16); norms, biases, embeddings rows in f32."""
-    array = tensor.detach().to("cpu", torch.float32).numpy()
-    if weight_type == "f16" and array.ndim >= 2 and not name.endswith(("position_embd.weight", "class_embd")):
-        array = array.astype(np.float16)
-    writer.add_tensor(name, np.ascontiguousarray(array))
+def tensor_type(name: str, tensor: torch.Tensor, weight_type: str) -> str:
+    """Matrices (and the patch kernel) in `weight_type`; norms, biases and embedding tables in f32."""
+    if tensor.dim() >= 2 and not name.endswith(("position_embd.weight", "class_embd")):
+        return weight_type
+    return "f32"
