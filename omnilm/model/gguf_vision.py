@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from omnilm.model.gguf_parts import add_tensor, refuse
+from omnilm.model.llava_format import check_mlp_image
 from omnilm.model.llava_source import TOWER_PREFIX
 
 PROJECTOR_TYPE = "mlp"
@@ -27,19 +28,7 @@ GELU_ACTS = ("gelu", "gelu_pytorch_tanh", "gelu_new")  # llama.cpp's use_gelu (i
 def check_vision(model, approximate_clip: bool = False) -> None:
     """Raise (before anything is written) what llama.cpp's `mlp` projector cannot express."""
     image = model.recipe.model.image
-    if image.type not in ("clip", "siglip"):
-        raise refuse("model.image.type", f"{image.type!r}: llama.cpp's mlp projector reads a CLIP or SigLIP tower",
-                     "model.image.type: clip or siglip (configs/phi2-tinyclip-stage1-llava.yaml)")
-    proj = image.projector
-    if proj.type not in ("mlp2x_gelu", "mlp"):
-        raise refuse("model.image.projector.type", f"{proj.type!r}: llama.cpp's mlp projector is linear -> GELU -> "
-                     "linear", "projector type mlp2x_gelu (train with configs/phi2-tinyclip-stage1-llava.yaml)")
-    if proj.tokens_per_feature != 1:
-        raise refuse("model.image.projector.tokens_per_feature", f"{proj.tokens_per_feature}: llama.cpp makes one "
-                     "token per patch", "tokens_per_feature: 1")
-    if proj.pixel_shuffle != 1:
-        raise refuse("model.image.projector.pixel_shuffle", f"{proj.pixel_shuffle}: llama.cpp's mlp projector reads "
-                     "every patch on its own", "pixel_shuffle: 1")
+    check_mlp_image(image, refuse, "llama.cpp")
     if image.tiling != "none":
         raise refuse("model.image.tiling", f"{image.tiling!r}: llama.cpp's mlp projector reads one view",
                      "tiling: none")

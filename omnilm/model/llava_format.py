@@ -65,19 +65,7 @@ def vision_choice(recipe, encoder) -> VisionChoice:
     image = model.image
     if image is None:
         raise refuse("model.image", "LLaVA needs an image encoder", "a recipe with model.image (clip or siglip)")
-    if image.type not in ("clip", "siglip"):
-        raise refuse("model.image.type", f"{image.type!r}: LLaVA's vision tower is CLIP or SigLIP",
-                     "model.image.type: clip or siglip")
-    proj = image.projector
-    if proj.type not in LLAVA_PROJECTORS:
-        raise refuse("model.image.projector.type", f"{proj.type!r}: LLaVA's projector is linear -> GELU -> linear",
-                     "projector type mlp2x_gelu (configs/phi2-tinyclip-stage1-llava.yaml)")
-    if proj.tokens_per_feature != 1:
-        raise refuse("model.image.projector.tokens_per_feature", f"{proj.tokens_per_feature}: LLaVA makes one "
-                     "token per feature", "tokens_per_feature: 1")
-    if proj.pixel_shuffle != 1:
-        raise refuse("model.image.projector.pixel_shuffle", f"{proj.pixel_shuffle}: LLaVA's projector reads "
-                     "every patch token on its own", "pixel_shuffle: 1")
+    check_mlp_image(image, refuse, "LLaVA")
     if image.type == "siglip" and image.layer == -1:  # omnilm's -1 is SigLIP's output after its post-layernorm
         layers = encoder.tower.config.num_hidden_layers
         raise refuse("model.image.layer", "-1 with SigLIP is the output after SigLIP's post-layernorm, which "
@@ -86,6 +74,24 @@ def vision_choice(recipe, encoder) -> VisionChoice:
     if image.type == "clip":
         return VisionChoice(image.layer, "default" if image.drop_cls else "full", 1)
     return VisionChoice(image.layer, "full", 0)
+
+
+def check_mlp_image(image, refuse, runtime: str) -> None:
+    """What every LLaVA-style target (transformers' LLaVA, llama.cpp's mlp mmproj) reads: a CLIP or
+    SigLIP tower, linear -> GELU -> linear, one token per patch. `refuse` makes the target's error."""
+    if image.type not in ("clip", "siglip"):
+        raise refuse("model.image.type", f"{image.type!r}: {runtime}'s vision tower is CLIP or SigLIP",
+                     "model.image.type: clip or siglip")
+    proj = image.projector
+    if proj.type not in LLAVA_PROJECTORS:
+        raise refuse("model.image.projector.type", f"{proj.type!r}: {runtime}'s projector is linear -> GELU -> "
+                     "linear", "projector type mlp2x_gelu (train with configs/phi2-tinyclip-stage1-llava.yaml)")
+    if proj.tokens_per_feature != 1:
+        raise refuse("model.image.projector.tokens_per_feature", f"{proj.tokens_per_feature}: {runtime} makes one "
+                     "token per feature", "tokens_per_feature: 1")
+    if proj.pixel_shuffle != 1:
+        raise refuse("model.image.projector.pixel_shuffle", f"{proj.pixel_shuffle}: {runtime}'s projector reads "
+                     "every patch token on its own", "pixel_shuffle: 1")
 
 
 def image_projector(model) -> nn.Sequential:
