@@ -29,7 +29,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from test_serve_support import free_port, write_tiny_model  # noqa: E402  the serving tests' tiny model
+from test_serve_support import free_port, stop, write_tiny_model  # noqa: E402  the serving tests' tiny model
 
 MODEL = "tiny"
 
@@ -125,11 +125,7 @@ def main() -> int:
             healthy = httpx.get(url + "/health", timeout=10).json()
             print(f"machine: {machine()} (after)")
         finally:
-            server.terminate()
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop(server, grace=30)
     codes = collections.Counter(code for code, _ in results)
     latencies = [seconds for code, seconds in results if code.isdigit()]
     print(f"{args.requests} concurrent chat requests (half with a 32x32 PNG), max_tokens {args.max_tokens}, "

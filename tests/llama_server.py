@@ -4,57 +4,37 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import socket
-import subprocess
-import time
 
 import httpx
 
 from omnilm.llama_cpp import binary
+from tests.test_serve_support import data_url, free_port, serving
 
 START_SECONDS = 60
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _healthy(url: str) -> bool:
+    with contextlib.suppress(httpx.HTTPError):
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    return False
 
 
 @contextlib.contextmanager
 def llama_server(text_gguf, mmproj_gguf, log_path, threads: int = 2, extra: tuple[str, ...] = ()):
     """Yield the base URL of a llama-server over the two files; its log goes to `log_path`."""
     port = free_port()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [str(binary("llama-server")), "-m", str(text_gguf), "--mmproj", str(mmproj_gguf), "--host", "127.0.0.1",
-             "--port", str(port), "-c", "2048", "-t", str(threads), "-np", "1", "--no-webui", "--no-warmup", "--seed", "0", *extra],
-            stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + START_SECONDS
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"llama-server exited ({process.returncode}):\n{open(log_path).read()[-3000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"llama-server did not start in {START_SECONDS} s:\n{open(log_path).read()[-3000:]}")
-                time.sleep(0.3)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(binary("llama-server")), "-m", str(text_gguf), "--mmproj", str(mmproj_gguf), "--host", "127.0.0.1",
+               "--port", str(port), "-c", "2048", "-t", str(threads), "-np", "1", "--no-webui", "--no-warmup",
+               "--seed", "0", *extra]
+    with serving(command, log_path, lambda: _healthy(url), "llama-server", START_SECONDS):
+        yield url
 
 
 def image_part(image) -> dict:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}}
+    return {"type": "image_url", "image_url": {"url": data_url(buffer.getvalue())}}
 
 
 def audio_part(wav_bytes: bytes) -> dict:

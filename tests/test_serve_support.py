@@ -1,9 +1,11 @@
-"""Helpers shared by the serving tests: a tiny model folder and a uvicorn server in a thread."""
+"""Helpers shared by the serving tests: a tiny model folder, a uvicorn server in a thread, and a
+server process started, awaited and always stopped."""
 from __future__ import annotations
 
 import base64
 import io
 import socket
+import subprocess
 import threading
 import time
 from contextlib import contextmanager
@@ -41,6 +43,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stop(process: subprocess.Popen, grace: float = 15.0) -> None:
+    """Terminate `process`, killed if it outlives `grace` seconds."""
+    process.terminate()
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+@contextmanager
+def serving(command: list[str], log_path: Path, ready, what: str, seconds: float = 60.0, **popen):
+    """Run `command` (its output to `log_path`) and wait until `ready()` is true, failing with the
+    log's tail if it exits or takes over `seconds`; stopped on exit."""
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **popen)
+    try:
+        deadline = time.monotonic() + seconds
+        while not ready():
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited ({process.returncode}):\n{Path(log_path).read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start in {seconds} s:\n{Path(log_path).read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield process
+    finally:
+        stop(process)
 
 
 @contextmanager

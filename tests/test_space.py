@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_serve_support import free_port, write_tiny_model
-from test_webui import TIMEOUT_MS, browser  # noqa: F401  (the headless chromium fixture)
+from test_serve_support import free_port, serving, write_tiny_model
+from test_webui import TIMEOUT_MS, ask_about_image, browser  # noqa: F401  (browser: the headless chromium fixture)
 
 import omnilm
 from omnilm.cli import main
@@ -72,24 +72,10 @@ def running_app(folder: Path, log: Path, **env):
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, **env,
            "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
-    with open(log, "wb") as sink:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=folder, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(url):
-            assert proc.poll() is None, f"app.py exited ({proc.returncode}):\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"app.py did not start in {START_TIMEOUT_S} s:\n{log.read_text()}"
-            time.sleep(0.5)
+    with serving([sys.executable, "app.py"], log, lambda: _answers(url), "app.py", START_TIMEOUT_S, cwd=folder,
+                 env=env):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
 
 @pytest.fixture(scope="module")
 def space_app(bundle, tmp_path_factory):
@@ -124,10 +110,7 @@ def test_app_runs_from_a_copy_and_answers_in_the_browser(browser, space_app, tmp
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url + "/")
     page.get_by_text("omnilm chat: tiny-run").first.wait_for()  # the run's name, not the bundle's "model"
-    page.locator("#image-input input[type=file]").set_input_files(str(picture))
-    page.locator("#image-input img").first.wait_for()
-    page.locator("#message textarea").fill("What colour is the shape?")
-    page.locator("#send").click()
+    ask_about_image(page, picture, "What colour is the shape?")
     page.locator("[data-testid=user] img").first.wait_for()
     answer = page.locator("[data-testid=bot]").last
     answer.wait_for()

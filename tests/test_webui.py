@@ -50,6 +50,14 @@ def ui_server(tmp_path_factory):
         engine.close()
 
 
+def ask_about_image(page, picture, question: str) -> None:
+    """Upload `picture`, wait for its preview (the upload finished), type `question` and send."""
+    page.locator("#image-input input[type=file]").set_input_files(str(picture))
+    page.locator("#image-input img").first.wait_for()
+    page.locator("#message textarea").fill(question)
+    page.locator("#send").click()
+
+
 def test_upload_image_ask_and_see_the_answer(browser, ui_server, tmp_path):
     from PIL import Image, ImageDraw
 
@@ -62,11 +70,8 @@ def test_upload_image_ask_and_see_the_answer(browser, ui_server, tmp_path):
     page = browser.new_page(viewport={"width": 1100, "height": 900})
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url + "/ui/")
-    page.locator("#image-input input[type=file]").set_input_files(str(picture))
-    page.locator("#image-input img").first.wait_for()  # the upload finished and shows a preview
-    page.locator("#message textarea").fill("What colour is the shape?")
     requests_before = engine.stats["requests"]
-    page.locator("#send").click()
+    ask_about_image(page, picture, "What colour is the shape?")
 
     page.locator("[data-testid=user] img").first.wait_for()  # the image is shown in the conversation
     page.get_by_text("What colour is the shape?").last.wait_for()
