@@ -60,7 +60,7 @@ def build_space(out, *, model: str | None = None, hub_model: str | None = None, 
     name = hub_model or Path(model).resolve().name
     title = title or name.split("/")[-1]
     loaded = _load(model) if model is not None else None
-    requirements = pinned_requirements(_extras_for(loaded[1]) if loaded else ())
+    requirements = pinned_requirements(_extras_for(*loaded) if loaded else ())
     gradio_version = pinned_version(requirements, "gradio")
     with atomic_folder(out) as tmp:
         if loaded is not None:
@@ -111,12 +111,14 @@ def _load(model: str):
     return loaded
 
 
-def _extras_for(processor) -> tuple[str, ...]:
-    """The optional packages loading the model imported (EfficientNet's code: the zoo extra), and
-    the transcriber's backend, which loads on first use."""
+def _extras_for(model, processor) -> tuple[str, ...]:
+    """The optional packages the model's own layers come from (EfficientNet's code: the zoo extra;
+    bitsandbytes' 4-bit layers: qlora), and the transcriber's backend, which loads on first use.
+    Read from the layers, not from what this process happens to have imported."""
     from omnilm.extras import EXTRA_OF
 
-    extras = {extra for module, extra in EXTRA_OF.items() if module in sys.modules}
+    packages = {type(layer).__module__.split(".")[0] for layer in model.modules()}
+    extras = {EXTRA_OF[package] for package in packages if package in EXTRA_OF}
     if (processor.transcriber or {}).get("backend") == "ctranslate2":
         extras.add("transcribe")
     return tuple(sorted(extras))

@@ -19,8 +19,8 @@ from test_webui import TIMEOUT_MS, ask_about_image, browser  # noqa: F401  (brow
 
 import omnilm
 from omnilm.cli import main
-from omnilm.model.saved import is_model_folder
-from omnilm.space import MAX_SHORT_DESCRIPTION
+from omnilm.model.saved import is_model_folder, load_pretrained
+from omnilm.space import MAX_SHORT_DESCRIPTION, _extras_for
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 90
@@ -63,6 +63,17 @@ def test_the_folder_is_what_a_gradio_space_reads(bundle):
     assert is_model_folder(bundle / "model")
     assert not (bundle / "model" / "weights.safetensors").exists()
     assert (bundle / "omnilm" / "cli.py").is_file() and not list(bundle.rglob("__pycache__"))
+
+
+def test_the_pins_follow_the_models_layers_not_what_the_process_imported(tiny_run):
+    import bitsandbytes
+    import ctranslate2  # noqa: F401  (imported here, used by no layer of the model)
+    import gguf  # noqa: F401
+
+    model, processor = load_pretrained(tiny_run)
+    assert _extras_for(model, processor) == ()
+    model.add_module("probe", bitsandbytes.nn.Linear4bit(4, 4))
+    assert _extras_for(model, processor) == ("qlora",)
 
 
 @contextmanager
