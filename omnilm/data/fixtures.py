@@ -10,15 +10,20 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from omnilm.files import atomic_folder
+
 COLORS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 60, 220), "yellow": (235, 210, 40)}
 SHAPES = ("square", "circle", "triangle")
 
 
-def draw_shape(color: str, shape: str, size: int = 64, seed: int = 0) -> Image.Image:
+def draw_shape(color: str, shape: str, size: int = 64, seed: int = 0,
+               radius: tuple[int, int] | None = None) -> Image.Image:
+    """One shape on a `size` px canvas; its half-width is drawn from `radius` (default: a fifth
+    to a third of the canvas)."""
     rng = random.Random(seed)
     img = Image.new("RGB", (size, size), (245, 245, 245))
     draw = ImageDraw.Draw(img)
-    r = rng.randint(size // 5, size // 3)
+    r = rng.randint(*radius) if radius else rng.randint(size // 5, size // 3)
     cx, cy = rng.randint(r, size - r), rng.randint(r, size - r)
     box = (cx - r, cy - r, cx + r, cy + r)
     if shape == "square":
@@ -138,6 +143,48 @@ def make_hf(root, count: int = 48, seed: int = 3) -> dict[str, Path]:
     trl_dataset(rows).to_parquet(str(root / "captions.parquet"))
     write_shards(rows, root / "shards", 2)
     return {"parquet": root / "captions.parquet", "shards": root / "shards" / "*.tar"}
+
+
+# The questions make_small_shapes asks about each image; the qtype ends each row's id.
+SMALL_SHAPE_QUESTIONS = {"shape": "what shape is in the image?", "color": "what colour is the shape?"}
+
+
+def make_small_shapes(root, count: int, seed: int, size: int = 256, radius: tuple[int, int] = (8, 12)) -> Path:
+    """A task where resolution matters: root/images/*.png, each one small shape (half-width in
+    `radius` px) on a `size` px canvas, and root/questions.jsonl (JSONL messages) asking three
+    questions of each: its shape, its colour, and "is there a <colour> shape?" / "is there a
+    <shape>?" about the true or another word at even odds (yes/no). Row ids are "<image>-<qtype>".
+    The folder appears whole or not at all; returns the JSONL path."""
+    root = Path(root)
+    rng = random.Random(seed)
+    rows = []
+    with atomic_folder(root) as tmp:
+        (tmp / "images").mkdir()
+        for i in range(count):
+            color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+            name = f"images/{i:06d}.png"  # PNG: JPEG's ringing would blur the few pixels a shape has
+            draw_shape(color, shape, size=size, seed=seed * 100_000 + i, radius=radius).save(tmp / name)
+            rows += [_row(f"{i:06d}-{qtype}", name, question, answer)
+                     for qtype, question, answer in _small_shape_questions(rng, color, shape)]
+        (tmp / "questions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return root / "questions.jsonl"
+
+
+def _small_shape_questions(rng: random.Random, color: str, shape: str) -> list[tuple[str, str, str]]:
+    """(qtype, question, answer) for one image."""
+    kind = rng.choice(("color", "shape"))
+    truth, choices = (color, list(COLORS)) if kind == "color" else (shape, list(SHAPES))
+    asked = truth if rng.random() < 0.5 else rng.choice([c for c in choices if c != truth])
+    yes_no = f"is there a {asked} shape?" if kind == "color" else f"is there a {asked}?"
+    return [("shape", SMALL_SHAPE_QUESTIONS["shape"], shape), ("color", SMALL_SHAPE_QUESTIONS["color"], color),
+            ("yes/no", yes_no, "yes" if asked == truth else "no")]
+
+
+def _row(row_id: str, image: str, question: str, answer: str) -> dict:
+    """One JSONL messages row: the image, then the question; the answer."""
+    return {"id": row_id, "messages": [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "\n" + question}]},
+        {"role": "assistant", "content": answer}]}
 
 
 def make_all(root, audio: bool = True, hf: bool = False) -> dict[str, Path]:
