@@ -1,4 +1,9 @@
 """OmniLM on tiny random parts: placeholder contract, mixed batches, what trains in stage 1."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -13,7 +18,7 @@ from omnilm.model.build import build_model
 from omnilm.model.encoders import build_encoder
 from omnilm.model.preprocessors import vision_tower_preprocessor
 from omnilm.training.stages import apply_stage
-from tests.conftest import tiny_recipe
+from tests.conftest import CONFIGS, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +161,18 @@ def test_clip_folder_keeps_the_centre_crop_of_its_own_processor(tmp_path):
     wide.paste((255, 0, 0), (0, 0, 16, 32))
     pixels = pixels_of(part, wide)
     assert pixels.shape == (3, 32, 32) and pixels[0].max() < 0  # only the blue centre is kept
+
+
+def test_a_model_built_in_memory_leaves_no_folder_behind(tmp_path):
+    """The random parts' scratch folder lives while the process does (the model reads it), not after."""
+    script = ("import sys\n"
+              "from omnilm.config import load_recipe\n"
+              "from omnilm.model.build import build_model\n"
+              "model, _ = build_model(load_recipe(sys.argv[1]))\n"
+              "print(model.recipe.model.llm.name_or_path)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(CONFIGS / "tiny-stage1.yaml")], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = Path(done.stdout.strip().splitlines()[-1])
+    assert folder.is_relative_to(tmp_path) and folder.parent.name.startswith("omnilm-base-")
+    assert not folder.parent.exists() and list(tmp_path.iterdir()) == []

@@ -11,9 +11,11 @@ whatever the source.
 """
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -152,6 +154,14 @@ def _avoid_bnb_cpu_repack(llm) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def _scratch_folder() -> Path:
+    """A folder for the random parts of a model built in memory. The model reads it while the
+    process lives (saving it copies its tokenizer from there), so it goes when the process exits."""
+    folder = Path(tempfile.mkdtemp(prefix="omnilm-base-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
 def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | None = None,
                 device=None) -> tuple[OmniLM, OmniProcessor]:
     """Everything the recipe names, loaded and assembled: (model, processor).
@@ -160,7 +170,7 @@ def build_model(recipe: Recipe, *, root: Path | None = None, base_dir: Path | No
     (a temporary folder when not given).
     """
     if _has_random(recipe) or _from_llava(recipe):
-        base_dir = Path(base_dir or tempfile.mkdtemp(prefix="omnilm-base-"))
+        base_dir = Path(base_dir or _scratch_folder())
         recipe = start_from_llava(recipe, base_dir)
     check_against_model(recipe, root)  # names and ids against the models' shapes, before any weights
     if _has_random(recipe):
