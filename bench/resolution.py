@@ -1,8 +1,8 @@
 """Does tiling see what one low-resolution view loses? Issue 24, item 6. Run:
 
-    nice .venv/bin/python bench/resolution.py --seeds 0 1                # both settings, both seeds
+    nice .venv/bin/python bench/resolution.py --seeds 0 1 2              # both settings, three seeds
     nice .venv/bin/python bench/resolution.py --seeds 0 --settings none  # one setting, one seed
-    nice .venv/bin/python bench/resolution.py --seeds 0 1 --report       # only read finished runs
+    nice .venv/bin/python bench/resolution.py --seeds 0 1 2 --report     # only read finished runs
 
 The task (omnilm.data.fixtures.make_small_shapes): one shape, 48-80 px wide (--radius), somewhere
 on a 256 px canvas; three questions an image: its shape, its colour, is there a <word>. The tower is
@@ -116,7 +116,7 @@ def report(results: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", type=Path, default=Path("runs/resolution"))
     parser.add_argument("--radius", type=int, nargs=2, default=list(RADIUS), help="shape half-width range, px")
