@@ -7,6 +7,7 @@ quantization_config=...)` rebuilds it from `config.json` (OmniConfig) and its sa
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 
@@ -200,17 +201,26 @@ class OmniLM(PreTrainedModel):
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **llm_kwargs)
 
     def _loss_where_learned(self, embeds, attention_mask, labels, num_items_in_batch=None, **llm_kwargs):
-        """The LLM's own token loss, with the LM head applied only at positions that predict a
-        learned token. With short answers after long prompts (and a large vocabulary) most logits
-        would be computed only to be ignored: on easy-VQA with SmolLM2 (49k vocabulary, 2 learned
-        tokens of ~20) this cut a training step by about a fifth."""
+        """The LLM's own token loss, with the LM head applied only to the hidden states that
+        predict a learned token. With short answers after long prompts (and a large vocabulary)
+        most logits would be computed only to be ignored: on easy-VQA with SmolLM2 (49k
+        vocabulary) the positions any row learns at hold about twice the learned tokens, and the
+        logits there cost a fifth of a training step.
+
+        `logits_to_keep` narrows the hidden states to those positions ([B, K, D]) inside the LLM's
+        own forward; a hook on its LM head then keeps only the learned rows ([1, N, D]), so
+        whatever the model does after the head (logit scaling, soft-capping) still applies.
+        With labels, `out.logits` is therefore [1, N, V]: the learned tokens' logits, in order."""
         targets = labels[:, 1:]  # [B, T-1]: position t predicts token t+1
         keep = (targets != IGNORE).any(dim=0).nonzero().squeeze(1)  # [K] positions any row learns at
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, **llm_kwargs)
-        logits = out.logits  # [B, K, V]
         kept = targets[:, keep]  # [B, K]
-        total = F.cross_entropy(logits.flatten(0, 1).float(), kept.flatten(), ignore_index=IGNORE, reduction="sum")
-        out.loss = total / (num_items_in_batch if num_items_in_batch is not None else (kept != IGNORE).sum())
+        learned = kept != IGNORE  # [B, K]
+        with _head_rows(self.llm, learned) as selected:
+            out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, logits_to_keep=keep, **llm_kwargs)
+        logits = out.logits.flatten(0, -2)  # [N, V], or [B * K, V] where no LM head module was called
+        targets = kept[learned] if selected else kept.flatten()  # [N] or [B * K]
+        total = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE, reduction="sum")
+        out.loss = total / (num_items_in_batch if num_items_in_batch is not None else learned.sum())
         return out
 
     @torch.no_grad()
@@ -218,6 +228,27 @@ class OmniLM(PreTrainedModel):
         """KV-cached generation through the LLM's own `generate`; returns only the new token ids."""
         embeds = self.embed(input_ids, media, features)
         return self.llm.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+
+@contextlib.contextmanager
+def _head_rows(llm: nn.Module, rows: torch.Tensor):
+    """While inside, the LLM's LM head sees only the hidden states where `rows` ([B, K] bool) is
+    true: its input [B, K, D] becomes [1, N, D]. Yields a list that is non-empty once it has
+    (an LLM without an LM head module, or one whose forward bypasses it, keeps [B, K, V] logits)."""
+    head, selected = llm.get_output_embeddings(), []
+    if head is None:
+        yield selected
+        return
+
+    def select(module, args):
+        selected.append(True)
+        return (args[0][rows].unsqueeze(0), *args[1:])  # [B, K, D] -> [1, N, D]
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield selected
+    finally:
+        handle.remove()
 
 
 def _mark_initialized(part: nn.Module | None) -> None:
